@@ -1,0 +1,14 @@
+from django.db import migrations
+
+from ums.roles import sync_roles
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("contenttypes", "0002_remove_content_type_name"),
+        ("channels_app", "0001_initial"),
+        ("messaging", "0001_initial"),
+    ]
+
+    operations = [migrations.RunPython(sync_roles, migrations.RunPython.noop)]

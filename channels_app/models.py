@@ -1,0 +1,249 @@
+"""Channels (the API tenants), email senders (SMTP accounts) and the keys of the user API."""
+
+import secrets
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from channels_app import crypto
+from channels_app.smtp import Encryption, SmtpConfig
+from channels_app.validators import validate_header_text, validate_host
+
+
+def new_channel_key() -> str:
+    return secrets.token_hex(12)
+
+
+def new_master_secret() -> str:
+    return secrets.token_hex(16)
+
+
+class Channel(models.Model):
+    class Status(models.TextChoices):
+        ENABLED = "enabled", _("Enabled")
+        CLOSED = "closed", _("Closed")
+
+    name = models.CharField(_("name"), max_length=64, unique=True)
+    channel_key = models.CharField(
+        _("ChannelKey"), max_length=24, unique=True, default=new_channel_key, editable=False
+    )
+    # Encrypted: signed status callbacks need the plaintext later, so it cannot be a hash.
+    master_secret_encrypted = models.TextField(editable=False)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.ENABLED
+    )
+    description = models.TextField(_("description"), blank=True)
+    senders = models.ManyToManyField(
+        "EmailSender", through="ChannelSender", related_name="channels", blank=True
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("channel")
+        verbose_name_plural = _("channels")
+        ordering = ["name"]
+        permissions = [("view_master_secret", _("Can reveal and reset a channel's MasterSecret"))]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.status == self.Status.ENABLED
+
+    def get_master_secret(self) -> str:
+        return crypto.decrypt(self.master_secret_encrypted)
+
+    def set_master_secret(self, secret: str) -> None:
+        self.master_secret_encrypted = crypto.encrypt(secret)
+
+
+class EmailSender(models.Model):
+    """One SMTP account (the vendor's email 通道), given by the six items."""
+
+    class Health(models.TextChoices):
+        UNKNOWN = "unknown", _("Not checked")
+        OK = "ok", _("Working")
+        FAILED = "failed", _("Failing")
+
+    name = models.CharField(_("name"), max_length=30, unique=True)
+    code = models.CharField(
+        _("code"),
+        max_length=32,
+        unique=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9]+$", _("Use only letters and digits."))],
+        help_text=_("Letters and digits; identifies the sender in uploads and callbacks."),
+    )
+    # The six items.
+    account = models.CharField(
+        _("account"),
+        max_length=254,
+        blank=True,
+        help_text=_("The SMTP user name, usually the full mailbox address."),
+    )
+    password_encrypted = models.TextField(blank=True, editable=False)
+    from_address = models.EmailField(_("sender address"))
+    from_name = models.CharField(
+        _("display name"), max_length=100, blank=True, validators=[validate_header_text]
+    )
+    host = models.CharField(_("sending server"), max_length=253, validators=[validate_host])
+    port = models.PositiveIntegerField(
+        _("port"), validators=[MinValueValidator(1), MaxValueValidator(65535)], default=465
+    )
+    encryption = models.CharField(
+        _("encryption"),
+        max_length=10,
+        choices=[
+            (Encryption.SSL.value, _("SSL/TLS (implicit, usually port 465)")),
+            (Encryption.STARTTLS.value, _("STARTTLS (upgrade after connecting, usually 587/25)")),
+            (Encryption.NONE.value, _("None (plain text; local relays only)")),
+        ],
+        default=Encryption.SSL.value,
+    )
+    trust_self_signed = models.BooleanField(
+        _("trust a self-signed certificate"),
+        default=False,
+        help_text=_(
+            "Skip the certificate authority check and pin the certificate's fingerprint "
+            "instead, as seen at the next connection test."
+        ),
+    )
+    pinned_fingerprint = models.CharField(
+        _("pinned certificate fingerprint (SHA-256)"),
+        max_length=95,
+        blank=True,
+        help_text=_("Set by the connection test; clear it to pin the server's new certificate."),
+    )
+    port_exception_reason = models.TextField(
+        _("port exception justification"),
+        blank=True,
+        help_text=_("Why this sender needs a port outside the allowed list."),
+    )
+    port_exception_port = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    port_exception_approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        verbose_name=_("port exception approved by"),
+    )
+    port_exception_approved_at = models.DateTimeField(
+        _("port exception approved at"), null=True, blank=True, editable=False
+    )
+    is_enabled = models.BooleanField(_("enabled"), default=True)
+    health = models.CharField(
+        _("health"), max_length=10, choices=Health.choices, default=Health.UNKNOWN, editable=False
+    )
+    health_checked_at = models.DateTimeField(_("last checked"), null=True, editable=False)
+    health_error = models.TextField(_("last error"), blank=True, editable=False)
+    health_error_kind = models.CharField(max_length=20, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("email sender")
+        verbose_name_plural = _("email senders")
+        ordering = ["name"]
+        permissions = [
+            ("approve_port_exception", _("Can approve port exception")),
+            ("test_emailsender", _("Can test connection and send test emails")),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(account="") | Q(encryption=Encryption.NONE.value),
+                name="sender_account_required_with_tls",
+                violation_error_message=_("An account is required unless encryption is none."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+    @property
+    def port_allowed(self) -> bool:
+        return self.port in settings.UMS_SMTP_ALLOWED_PORTS
+
+    @property
+    def port_exception_approved(self) -> bool:
+        return self.port_exception_port == self.port and self.port_exception_approved_at is not None
+
+    @property
+    def port_usable(self) -> bool:
+        return self.port_allowed or self.port_exception_approved
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.password_encrypted)
+
+    def set_password(self, password: str) -> None:
+        self.password_encrypted = crypto.encrypt(password)
+
+    def smtp_config(self) -> SmtpConfig:
+        """The connection settings, password decrypted: for the SMTP factory only."""
+        return SmtpConfig(
+            host=self.host,
+            port=self.port,
+            username=self.account,
+            password=crypto.decrypt(self.password_encrypted),
+            encryption=Encryption(self.encryption),
+            timeout=settings.UMS_SMTP_TIMEOUT,
+            ca_bundle=settings.UMS_SMTP_CA_BUNDLE,
+            trust_self_signed=self.trust_self_signed,
+            pinned_fingerprint=self.pinned_fingerprint,
+        )
+
+
+class ChannelSender(models.Model):
+    """A sender authorized to a channel; one authorization per channel is its default."""
+
+    channel = models.ForeignKey(
+        Channel, on_delete=models.CASCADE, related_name="authorizations", verbose_name=_("channel")
+    )
+    sender = models.ForeignKey(
+        EmailSender,
+        on_delete=models.CASCADE,
+        related_name="authorizations",
+        verbose_name=_("email sender"),
+    )
+    is_default = models.BooleanField(_("default"), default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("authorized sender")
+        verbose_name_plural = _("authorized senders")
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "sender"], name="channel_sender_unique"),
+            models.UniqueConstraint(
+                fields=["channel"],
+                condition=Q(is_default=True),
+                name="channel_one_default_sender",
+                violation_error_message=_("A channel has only one default sender."),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} → {self.sender}"
+
+
+class AccessKey(models.Model):
+    """The global key of the user-management API. The secret is shown once, stored as a hash."""
+
+    access_key = models.CharField(_("AccessKey"), max_length=24, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    label = models.CharField(_("label"), max_length=100, blank=True)
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("access key")
+        verbose_name_plural = _("access keys")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.access_key

@@ -1,0 +1,34 @@
+"""Reads about channels and senders."""
+
+from datetime import datetime, timedelta
+
+from django.db.models import Q, QuerySet
+
+from channels_app.models import Channel, EmailSender
+
+
+def channel_usable_senders(*, channel: Channel) -> QuerySet[EmailSender]:
+    """The channel's enabled, authorized senders, its default first."""
+    return EmailSender.objects.filter(authorizations__channel=channel, is_enabled=True).order_by(
+        "-authorizations__is_default", "name"
+    )
+
+
+def channel_default_sender(*, channel: Channel) -> EmailSender | None:
+    return channel_usable_senders(channel=channel).first()
+
+
+def senders_due_for_health_check(*, now: datetime, interval_minutes: int) -> QuerySet[EmailSender]:
+    """Enabled senders whose last check is older than the interval.
+
+    A sender whose password was refused is left alone until someone changes it: checking it
+    again every hour would only risk locking the account.
+    """
+    stale = Q(health_checked_at__isnull=True) | Q(
+        health_checked_at__lt=now - timedelta(minutes=interval_minutes)
+    )
+    return (
+        EmailSender.objects.filter(stale, is_enabled=True)
+        .exclude(health=EmailSender.Health.FAILED, health_error_kind="auth")
+        .order_by("health_checked_at")
+    )

@@ -1,0 +1,71 @@
+"""The Celery application: broker choice, reliability settings and the beat schedule."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ums.settings")
+
+app = Celery("ums")
+
+
+def broker_settings(settings: Any) -> dict[str, Any]:
+    """Redis (or any URL) when configured; otherwise a file-system queue under var/."""
+    options = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    if settings.CELERY_BROKER_URL:
+        return {"broker_url": settings.CELERY_BROKER_URL, "broker_transport_options": options}
+    folder = Path(settings.CELERY_BROKER_FOLDER)
+    for sub in ("queue", "control"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    options.update(
+        {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    )
+    return {"broker_url": "filesystem://", "broker_transport_options": options}
+
+
+def configure(celery_app: Celery) -> None:
+    from django.conf import settings
+
+    celery_app.conf.update(
+        **broker_settings(settings),
+        # A task is acknowledged only after it ran, and requeued if its worker died: every
+        # task is written to be safe to run twice (it claims its rows first).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+        task_time_limit=settings.CELERY_TASK_TIME_LIMIT,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        # Publishing must never hang a web request when the broker is down.
+        broker_connection_timeout=3,
+        broker_connection_max_retries=1,
+        timezone=settings.TIME_ZONE,
+        beat_schedule_filename=settings.CELERY_BEAT_SCHEDULE_FILE,
+        beat_schedule=beat_schedule(settings),
+    )
+
+
+def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
+    schedule: dict[str, dict[str, Any]] = {}
+    if settings.UMS_SENDER_HEALTH_INTERVAL:
+        schedule["senders-check-health"] = {
+            "task": "channels_app.tasks.senders_check_health",
+            "schedule": 60.0,
+        }
+    return schedule
+
+
+configure(app)
+app.autodiscover_tasks()

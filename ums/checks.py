@@ -1,0 +1,75 @@
+"""System checks that refuse dangerous combinations of settings."""
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+
+@register("ums", deploy=False)
+def check_field_keys(app_configs: Iterable[Any] | None, **kwargs: Any) -> list[Error | Warning]:
+    if settings.UMS_FIELD_KEYS:
+        return []
+    if settings.DEBUG:
+        return [
+            Warning(
+                "UMS_FIELD_KEYS is empty: secrets are encrypted with a key derived from "
+                "DJANGO_SECRET_KEY, which is only acceptable for development.",
+                hint="`make run` writes a generated key into .env; production sets its own.",
+                id="ums.W001",
+            )
+        ]
+    return [
+        Error(
+            "UMS_FIELD_KEYS must be set when DJANGO_DEBUG is off: SMTP passwords and "
+            "MasterSecrets are encrypted at rest with it.",
+            hint="Generate a key with Fernet.generate_key() and keep it out of the database.",
+            id="ums.E001",
+        )
+    ]
+
+
+@register("ums")
+def check_task_limits(app_configs: Iterable[Any] | None, **kwargs: Any) -> list[Error]:
+    errors = []
+    if settings.CELERY_TASK_TIME_LIMIT >= settings.CELERY_VISIBILITY_TIMEOUT:
+        errors.append(
+            Error(
+                "CELERY_TASK_TIME_LIMIT must be below CELERY_VISIBILITY_TIMEOUT: a task still "
+                "running when the broker's visibility timeout expires is handed to a second "
+                "worker and its emails are sent twice.",
+                id="ums.E002",
+            )
+        )
+    if settings.CELERY_TASK_SOFT_TIME_LIMIT >= settings.CELERY_TASK_TIME_LIMIT:
+        errors.append(
+            Error(
+                "CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT, so a task can "
+                "record its results before it is killed.",
+                id="ums.E003",
+            )
+        )
+    if settings.UMS_SMTP_TIMEOUT >= settings.CELERY_TASK_SOFT_TIME_LIMIT:
+        errors.append(
+            Error(
+                "UMS_SMTP_TIMEOUT must be below CELERY_TASK_SOFT_TIME_LIMIT: one slow SMTP "
+                "reply would otherwise use up a task's whole time.",
+                id="ums.E004",
+            )
+        )
+    return errors
+
+
+@register("ums", deploy=True)
+def check_private_networks(app_configs: Iterable[Any] | None, **kwargs: Any) -> list[Warning]:
+    if settings.UMS_SMTP_ALLOW_PRIVATE_NETWORKS and not settings.DEBUG:
+        return [
+            Warning(
+                "UMS_SMTP_ALLOW_PRIVATE_NETWORKS is on: staff who configure senders can make "
+                "this server connect to loopback and private addresses.",
+                hint="Turn it off unless your SMTP relay really is on a private network.",
+                id="ums.W002",
+            )
+        ]
+    return []
