@@ -11,6 +11,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from django.core.mail.backends.smtp import EmailBackend
 from django.core.mail.utils import DNS_NAME
@@ -57,6 +58,9 @@ class SmtpReply:
     text: str
 
 
+AUTH_PREFERENCE = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+
 class StartTLSUnavailable(smtplib.SMTPNotSupportedError):
     """The sender requires STARTTLS and the server does not offer it."""
 
@@ -82,6 +86,13 @@ def build_ssl_context(config: SmtpConfig) -> ssl.SSLContext:
 
 class GuardedSMTP(smtplib.SMTP):
     """smtplib.SMTP that connects only to addresses the network guard allows."""
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: Any = None
+    ) -> tuple[int, bytes]:
+        # smtplib takes the TLS server name from _host, which only its constructor sets.
+        self._host = host
+        return super().connect(host, port, source_address)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         return netguard.connect(host, port, timeout, self.source_address)
@@ -141,15 +152,35 @@ class SenderEmailBackend(EmailBackend):
             self._check_certificate(connection)
         self.session.extensions = sorted(connection.esmtp_features)
         if self.username:
-            code, reply = connection.login(self.username, self.password)
+            code, reply = self._login(connection)
             self.session.auth_reply = f"{code} {reply.decode(errors='replace')}"
         self.connection, self._partial_connection = connection, None
         return True
+
+    def _login(self, connection: smtplib.SMTP) -> tuple[int, bytes]:
+        """One AUTH attempt with the best offered mechanism.
+
+        smtplib's login() tries every mechanism in turn, so one wrong password costs several
+        failed logins — the quickest way to get a mailbox locked by its provider.
+        """
+        if not connection.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError(_("The server offers no AUTH (login)."))
+        offered = connection.esmtp_features["auth"].upper().split()
+        mechanism = next((m for m in AUTH_PREFERENCE if m in offered), None)
+        if mechanism is None:
+            raise smtplib.SMTPNotSupportedError(
+                _("No supported login method (server offers: %(offered)s).")
+                % {"offered": " ".join(offered)}
+            )
+        connection.user, connection.password = self.username, self.password
+        method = getattr(connection, "auth_" + mechanism.lower().replace("-", "_"))
+        return connection.auth(mechanism, method)
 
     def _starttls(self, connection: smtplib.SMTP) -> None:
         if not connection.has_extn("starttls"):
             raise StartTLSUnavailable(_("The server does not offer STARTTLS."))
         connection.starttls(context=self.ssl_context)
+        connection.ehlo()  # the server's features may differ once the session is encrypted
 
     def _check_certificate(self, connection: smtplib.SMTP) -> None:
         tls_socket = connection.sock
@@ -246,6 +277,11 @@ def classify_failure(exc: BaseException) -> Failure:
     if isinstance(exc, netguard.DestinationRefused):
         return Failure(FailureKind.NETWORK_GUARD, None, str(exc))
     if isinstance(exc, TimeoutError | socket.timeout):
+        return Failure(FailureKind.TIMEOUT, None, _("The server did not answer in time."))
+    if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(
+        exc.__context__, TimeoutError
+    ):
+        # smtplib turns a read timeout into "Connection unexpectedly closed: timed out".
         return Failure(FailureKind.TIMEOUT, None, _("The server did not answer in time."))
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return Failure(

@@ -30,10 +30,11 @@ def broker_settings(settings: Any) -> dict[str, Any]:
     return {"broker_url": "filesystem://", "broker_transport_options": options}
 
 
-def configure(celery_app: Celery) -> None:
+def celery_config() -> dict[str, Any]:
+    """The configuration, read from Django's settings the first time Celery needs it."""
     from django.conf import settings
 
-    celery_app.conf.update(
+    return dict(
         **broker_settings(settings),
         # A task is acknowledged only after it ran, and requeued if its worker died: every
         # task is written to be safe to run twice (it claims its rows first).
@@ -67,5 +68,5 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     return schedule
 
 
-configure(app)
+app.add_defaults(celery_config)
 app.autodiscover_tasks()

@@ -4,6 +4,7 @@ Every variable is documented in `docs/configuration.md` and `.env.example`. A ba
 start-up with a message naming the variable, rather than running with a surprise.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -13,10 +14,14 @@ from django.utils.translation import gettext_lazy as _
 from ums.envparse import env_fernet_keys, env_path, env_ports, env_positive
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
+VAR_DIR = BASE_DIR / "var"  # local state of a development install: SQLite, broker files
+VAR_DIR.mkdir(exist_ok=True)
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# UMS_ENV_FILE names another file; set it empty to read none (the tests do).
+ENV_FILE = os.environ.get("UMS_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE:
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 

@@ -1,0 +1,22 @@
+"""Test settings: the real settings module, fed a fixed test environment."""
+
+import os
+
+os.environ["UMS_ENV_FILE"] = ""  # a developer's .env must not change what the tests see
+os.environ.setdefault(
+    "DJANGO_SECRET_KEY", "tests-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
+)
+os.environ.setdefault("UMS_FIELD_KEYS", "pVqH0y0fM0a9cfXwpZ2mD8kq0dN1tEgwoyG7c3O6jG8=")
+os.environ.setdefault("UMS_SMTP_ALLOW_PRIVATE_NETWORKS", "true")
+os.environ.setdefault("UMS_SMTP_TIMEOUT", "3")
+os.environ.setdefault("UMS_MAILCATCHER", "true")
+
+from ums.settings import *  # noqa: E402,F403
+from ums.settings import DATABASES, VAR_DIR  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CELERY_BROKER_FOLDER = VAR_DIR / "test-broker"
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, so that a real worker process sees the same test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
