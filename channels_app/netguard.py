@@ -45,12 +45,12 @@ def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
         return _("a cloud metadata address")
     if address.is_link_local:
         return _("a link-local address")
+    if address.is_loopback:  # before is_reserved, which ::1 also is
+        return None if allow_private else _("a loopback address")
     if address.is_multicast or address.is_unspecified or address.is_reserved:
         return _("not a unicast address")
     if allow_private:
         return None
-    if address.is_loopback:
-        return _("a loopback address")
     if address.is_private or address in SHARED_ADDRESS_SPACE:
         return _("a private network address")
     return None

@@ -10,12 +10,14 @@ os.environ.setdefault("UMS_FIELD_KEYS", "pVqH0y0fM0a9cfXwpZ2mD8kq0dN1tEgwoyG7c3O
 os.environ.setdefault("UMS_SMTP_ALLOW_PRIVATE_NETWORKS", "true")
 os.environ.setdefault("UMS_SMTP_TIMEOUT", "3")
 os.environ.setdefault("UMS_MAILCATCHER", "true")
+os.environ.setdefault(
+    "CELERY_BROKER_FOLDER", os.path.join(os.path.dirname(__file__), "..", "var", "test-broker")
+)
 
-from ums.settings import *  # noqa: E402,F403
-from ums.settings import DATABASES, VAR_DIR  # noqa: E402
+from ums.settings import *  # noqa: F403
+from ums.settings import DATABASES, VAR_DIR
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-CELERY_BROKER_FOLDER = VAR_DIR / "test-broker"
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that a real worker process sees the same test database.

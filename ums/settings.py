@@ -142,7 +142,7 @@ UMS_MAILCATCHER_PORT = env.int("UMS_MAILCATCHER_PORT", default=1025)
 # Redis in production. Without a broker URL, a file-system transport under var/ lets a real,
 # separate worker process run on a machine with no broker server installed.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
-CELERY_BROKER_FOLDER = VAR_DIR / "broker"
+CELERY_BROKER_FOLDER = env.path("CELERY_BROKER_FOLDER", default=VAR_DIR / "broker")
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=300)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=360)

@@ -1,0 +1,81 @@
+"""Settings refuse bad values loudly; system checks refuse dangerous combinations."""
+
+import environ
+import pytest
+from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
+
+from ums.envparse import env_fernet_keys, env_path, env_ports, env_positive
+
+
+@pytest.mark.parametrize("value", ["25,abc", "0", "70000", ","])
+def test_bad_port_lists_are_refused(monkeypatch, value):
+    monkeypatch.setenv("UMS_SMTP_ALLOWED_PORTS", value)
+    with pytest.raises(ImproperlyConfigured, match="UMS_SMTP_ALLOWED_PORTS"):
+        env_ports(environ.Env(), "UMS_SMTP_ALLOWED_PORTS", default="25")
+
+
+def test_port_list_is_parsed(monkeypatch):
+    monkeypatch.setenv("UMS_SMTP_ALLOWED_PORTS", "25, 465,2525")
+    assert env_ports(environ.Env(), "UMS_SMTP_ALLOWED_PORTS", default="25") == {25, 465, 2525}
+
+
+def test_a_bad_fernet_key_is_named(monkeypatch):
+    monkeypatch.setenv("UMS_FIELD_KEYS", "pVqH0y0fM0a9cfXwpZ2mD8kq0dN1tEgwoyG7c3O6jG8=,not-a-key")
+    with pytest.raises(ImproperlyConfigured, match="key #2"):
+        env_fernet_keys(environ.Env(), "UMS_FIELD_KEYS")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_timeouts_must_be_positive_numbers(monkeypatch, value):
+    monkeypatch.setenv("UMS_SMTP_TIMEOUT", value)
+    with pytest.raises(ImproperlyConfigured, match="UMS_SMTP_TIMEOUT"):
+        env_positive(environ.Env(), "UMS_SMTP_TIMEOUT", default=30.0)
+
+
+def test_missing_ca_bundle_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("UMS_SMTP_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ImproperlyConfigured, match="UMS_SMTP_CA_BUNDLE"):
+        env_path(environ.Env(), "UMS_SMTP_CA_BUNDLE")
+
+
+def check_ids() -> set[str]:
+    return {message.id for message in run_checks(include_deployment_checks=True)}
+
+
+def test_no_field_key_outside_debug_is_an_error(settings):
+    settings.UMS_FIELD_KEYS = []
+    settings.DEBUG = False
+    assert "ums.E001" in check_ids()
+
+
+def test_no_field_key_in_debug_is_a_warning(settings):
+    settings.UMS_FIELD_KEYS = []
+    settings.DEBUG = True
+    ids = check_ids()
+    assert "ums.W001" in ids and "ums.E001" not in ids
+
+
+def test_task_time_limit_at_the_visibility_timeout_is_an_error(settings):
+    settings.CELERY_TASK_TIME_LIMIT = 3600
+    settings.CELERY_VISIBILITY_TIMEOUT = 3600
+    assert "ums.E002" in check_ids()
+
+
+def test_soft_limit_and_smtp_timeout_must_fit_inside_the_task_limit(settings):
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 400
+    settings.CELERY_TASK_TIME_LIMIT = 360
+    settings.UMS_SMTP_TIMEOUT = 500
+    ids = check_ids()
+    assert {"ums.E003", "ums.E004"} <= ids
+
+
+def test_default_settings_pass_the_checks(settings):
+    ids = check_ids()
+    assert not {i for i in ids if i.startswith("ums.E")}
+
+
+def test_private_networks_in_production_are_warned_about(settings):
+    settings.DEBUG = False
+    settings.UMS_SMTP_ALLOW_PRIVATE_NETWORKS = True
+    assert "ums.W002" in check_ids()

@@ -1,0 +1,62 @@
+"""A real Celery worker process runs the project's tasks, with either broker."""
+
+from pathlib import Path
+
+import pytest
+
+from channels_app import tasks
+from channels_app.models import EmailSender
+from tests.processes import celery_worker, child_env, wait_for
+from ums.celery import app as celery_app
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def publish(task, args, *, url: str, transport_options: dict | None = None) -> None:
+    with celery_app.connection_for_write(url, transport_options=transport_options or {}) as conn:
+        task.apply_async(args=args, connection=conn)
+
+
+def health(sender: EmailSender) -> str:
+    sender.refresh_from_db()
+    return sender.health if sender.health_checked_at else ""
+
+
+def test_worker_on_the_file_system_broker_runs_a_sender_check(
+    plain_server, make_sender, tmp_path: Path
+):
+    """The `make run` setup: no broker server, yet a separate worker process does the work."""
+    sender = make_sender(plain_server, account="", password="")
+    folder = tmp_path / "broker"
+    options = {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+    }
+    for sub in ("queue", "control"):
+        (folder / sub).mkdir(parents=True)
+    log = tmp_path / "worker.log"
+
+    with celery_worker(child_env(CELERY_BROKER_FOLDER=str(folder)), log):
+        publish(tasks.sender_check, [sender.pk], url="filesystem://", transport_options=options)
+        wait_for(lambda: health(sender), timeout=60, what="the worker's sender check", log_path=log)
+
+    assert sender.health == EmailSender.Health.OK
+
+
+@pytest.mark.redis
+def test_worker_on_redis_runs_the_periodic_health_check(
+    redis_url, plain_server, make_sender, tmp_path: Path
+):
+    due = make_sender(plain_server, account="", password="")
+    disabled = make_sender(plain_server, account="", password="", is_enabled=False)
+    log = tmp_path / "worker.log"
+
+    with celery_worker(child_env(CELERY_BROKER_URL=redis_url), log):
+        publish(tasks.senders_check_health, [], url=redis_url)
+        wait_for(lambda: health(due), timeout=60, what="the periodic health check", log_path=log)
+
+    assert due.health == EmailSender.Health.OK
+    assert health(disabled) == ""
+    assert plain_server.recorder.connections == 1
