@@ -10,10 +10,12 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.debug import sensitive_post_parameters
+from kombu.exceptions import OperationalError
 
 from channels_app import services, tasks
 from channels_app.forms import ChannelSenderFormSet, ConfirmForm, EmailSenderForm, SendTestEmailForm
@@ -174,6 +176,16 @@ class ChannelAdmin(admin.ModelAdmin):
         )
 
 
+STATE_FIELDS = {
+    "port_exception_state",
+    "health",
+    "health_checked_at",
+    "health_error",
+    "created_at",
+    "updated_at",
+}
+
+
 @admin.register(EmailSender)
 class EmailSenderAdmin(admin.ModelAdmin):
     form = EmailSenderForm
@@ -185,7 +197,6 @@ class EmailSenderAdmin(admin.ModelAdmin):
         "is_enabled",
         "port_state",
         "health_badge",
-        "health_checked_at",
     ]
     list_filter = ["is_enabled", "health", "encryption"]
     search_fields = ["name", "code", "host", "from_address", "account"]
@@ -201,7 +212,7 @@ class EmailSenderAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["preset", "name", "code", "is_enabled"]}),
         (
-            gettext_lazy("The six items"),
+            gettext_lazy("SMTP account (the six items)"),
             {
                 "fields": [
                     "account",
@@ -228,6 +239,16 @@ class EmailSenderAdmin(admin.ModelAdmin):
     class Media:
         js = ["channels_app/sender_presets.js"]
 
+    def get_fieldsets(self, request: HttpRequest, obj: EmailSender | None = None) -> Any:
+        if obj is not None:
+            return super().get_fieldsets(request, obj)
+        # Nothing to report about a sender that does not exist yet.
+        return [
+            (title, {**options, "fields": [f for f in options["fields"] if f not in STATE_FIELDS]})
+            for title, options in self.fieldsets
+            if not set(options["fields"]) <= STATE_FIELDS
+        ]
+
     @admin.display(description=gettext_lazy("server"))
     def server(self, sender: EmailSender) -> str:
         return f"{sender.host}:{sender.port}"
@@ -240,22 +261,32 @@ class EmailSenderAdmin(admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("port exception"))
     def port_exception_state(self, sender: EmailSender) -> str:
-        if not sender.pk or sender.port_allowed:
+        if sender.port_allowed:
             return _("Not needed: the port is in the allowed list.")
+        if sender.port_exception_approved and sender.port_exception_approved_by is None:
+            return _("Approved on the command line on %(when)s.") % {
+                "when": date_format(sender.port_exception_approved_at, "DATETIME_FORMAT")
+            }
         if sender.port_exception_approved:
             return _("Approved by %(user)s on %(when)s.") % {
-                "user": sender.port_exception_approved_by or _("the command line"),
-                "when": sender.port_exception_approved_at,
+                "user": sender.port_exception_approved_by,
+                "when": date_format(sender.port_exception_approved_at, "DATETIME_FORMAT"),
             }
         return _("Awaiting approval: the sender cannot be used until it is approved.")
 
     @admin.display(description=gettext_lazy("health"), ordering="health")
     def health_badge(self, sender: EmailSender) -> str:
         colours = {"ok": "#2e7d32", "failed": "#c62828", "unknown": "#757575"}
+        checked = (
+            date_format(sender.health_checked_at, "DATETIME_FORMAT")
+            if sender.health_checked_at
+            else _("never")
+        )
         return format_html(
-            '<span style="color:{}" title="{}">●</span> {}',
+            '<span title="{}"><span style="color:{}">●</span> {}</span>',
+            _("Last checked: %(when)s. %(error)s")
+            % {"when": checked, "error": sender.health_error},
             colours[sender.health],
-            sender.health_error,
             sender.get_health_display(),
         )
 
@@ -291,20 +322,24 @@ class EmailSenderAdmin(admin.ModelAdmin):
         return request.user.has_perm("channels_app.test_emailsender")
 
     @admin.action(
-        description=gettext_lazy(
-            "Check the connection of the selected senders (in the background)"
-        ),
-        permissions=["test"],
+        description=gettext_lazy("Check connection (in the background)"), permissions=["test"]
     )
     def check_selected(self, request: HttpRequest, queryset: Any) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        for sender_id in ids:
-            transaction.on_commit(lambda sender_id=sender_id: tasks.sender_check.delay(sender_id))
-        self.message_user(
-            request,
-            _("Queued %(count)d connection checks; the health column shows their results.")
-            % {"count": len(ids)},
+        try:
+            for sender_id in ids:
+                tasks.sender_check.delay(sender_id)
+        except OperationalError:
+            self.message_user(
+                request, _("The task queue is not reachable; try again later."), messages.ERROR
+            )
+            return
+        message = ngettext(
+            "Queued %(count)d connection check; the health column shows its result.",
+            "Queued %(count)d connection checks; the health column shows their results.",
+            len(ids),
         )
+        self.message_user(request, message % {"count": len(ids)})
 
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view

@@ -23,7 +23,7 @@ class EmailSenderForm(forms.ModelForm):
         + [(p["key"], p["label"]) for p in PRESETS],
     )
     password = forms.CharField(
-        label=_("password"),
+        label=_("Password"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),

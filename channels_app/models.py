@@ -98,11 +98,15 @@ class EmailSender(models.Model):
         _("encryption"),
         max_length=10,
         choices=[
-            (Encryption.SSL.value, _("SSL/TLS (implicit, usually port 465)")),
-            (Encryption.STARTTLS.value, _("STARTTLS (upgrade after connecting, usually 587/25)")),
-            (Encryption.NONE.value, _("None (plain text; local relays only)")),
+            (Encryption.SSL.value, "SSL/TLS"),
+            (Encryption.STARTTLS.value, "STARTTLS"),
+            (Encryption.NONE.value, _("None")),
         ],
         default=Encryption.SSL.value,
+        help_text=_(
+            "SSL/TLS: encrypted from the first byte, usually port 465. STARTTLS: upgraded "
+            "after connecting, usually port 587 or 25. None: plain text, for local relays only."
+        ),
     )
     trust_self_signed = models.BooleanField(
         _("trust a self-signed certificate"),

@@ -48,7 +48,7 @@ def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
     if address.is_loopback:  # before is_reserved, which ::1 also is
         return None if allow_private else _("a loopback address")
     if address.is_multicast or address.is_unspecified or address.is_reserved:
-        return _("not a unicast address")
+        return _("a multicast, unspecified or reserved address")
     if allow_private:
         return None
     if address.is_private or address in SHARED_ADDRESS_SPACE:

@@ -1,5 +1,7 @@
 """The console pages for channels and senders, through the test client, per role."""
 
+from pathlib import Path
+
 import pytest
 from django.urls import reverse
 
@@ -196,19 +198,21 @@ def test_channel_admin_approves_a_port_exception_in_the_console(client, role_use
     assert sender.port_usable
 
 
-def test_bulk_check_action_queues_one_task_per_sender(
-    admin_client, make_sender, django_capture_on_commit_callbacks
-):
+def test_bulk_check_action_queues_one_task_per_sender(admin_client, make_sender, settings):
+    queue = Path(settings.CELERY_BROKER_FOLDER) / "queue"
+    for stale in queue.glob("*"):
+        stale.unlink()
     senders = [make_sender(), make_sender()]
 
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = admin_client.post(
-            reverse("admin:channels_app_emailsender_changelist"),
-            {"action": "check_selected", "_selected_action": [s.pk for s in senders]},
-            follow=True,
-        )
+    response = admin_client.post(
+        reverse("admin:channels_app_emailsender_changelist"),
+        {"action": "check_selected", "_selected_action": [s.pk for s in senders]},
+        follow=True,
+    )
 
-    assert len(callbacks) == 2
+    queued = [path.read_text() for path in queue.glob("*")]
+    assert len(queued) == 2
+    assert all("channels_app.tasks.sender_check" in message for message in queued)
     assert "Queued 2 connection checks" in response.content.decode()
 
 
