@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -434,6 +435,9 @@ class EmailSenderAdmin(admin.ModelAdmin):
                 "original": sender,
                 "title": title,
                 "check": check,
+                "mailcatcher_url": reverse("admin:messaging_capturedemail_changelist")
+                if settings.UMS_MAILCATCHER
+                else "",
             },
         )
 

@@ -2,7 +2,8 @@
 
 from datetime import datetime, timedelta
 
-from django.db.models import Q, QuerySet
+from django.conf import settings
+from django.db.models import F, Q, QuerySet
 
 from channels_app.models import Channel, EmailSender
 
@@ -27,8 +28,11 @@ def senders_due_for_health_check(*, now: datetime, interval_minutes: int) -> Que
     stale = Q(health_checked_at__isnull=True) | Q(
         health_checked_at__lt=now - timedelta(minutes=interval_minutes)
     )
+    usable_port = Q(port__in=settings.UMS_SMTP_ALLOWED_PORTS) | Q(
+        port_exception_port=F("port"), port_exception_approved_at__isnull=False
+    )
     return (
-        EmailSender.objects.filter(stale, is_enabled=True)
+        EmailSender.objects.filter(stale, usable_port, is_enabled=True)
         .exclude(health=EmailSender.Health.FAILED, health_error_kind="auth")
         .order_by("health_checked_at")
     )

@@ -110,6 +110,15 @@ def sender_save(*, sender: EmailSender, password: str = "") -> EmailSender:
         sender.set_password(password)
     if sender.account and not sender.has_password:
         raise ValidationError({"password": _("Enter the password for this account.")})
+    if not sender.port_allowed and not sender.port_exception_reason.strip():
+        raise ValidationError(
+            {
+                "port_exception_reason": _(
+                    "Port %(port)s is not in the allowed list: explain why this sender needs it."
+                )
+                % {"port": sender.port}
+            }
+        )
     if before is None or password or _differs(before, sender, CONNECTION_FIELDS):
         _reset_health(sender)
     if before is not None and _differs(before, sender, ("host", "trust_self_signed")):

@@ -75,7 +75,9 @@ def fingerprint_of(der: bytes) -> str:
 
 
 def build_ssl_context(config: SmtpConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=config.ca_bundle or None)
+    context = ssl.create_default_context()
+    if config.ca_bundle:  # in addition to the system's CAs, for relays with a private CA
+        context.load_verify_locations(cafile=config.ca_bundle)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if config.trust_self_signed:
         # Chain and name are not checked; the certificate's fingerprint is pinned instead.
@@ -274,6 +276,9 @@ def classify_failure(exc: BaseException) -> Failure:
         )
     if isinstance(exc, ssl.SSLError):
         return Failure(FailureKind.TLS, None, exc.reason or str(exc))
+    if isinstance(exc, netguard.HostUnresolvable):
+        # Often a passing DNS failure: retried, and not held against the sender.
+        return Failure(FailureKind.CONNECTION, None, str(exc))
     if isinstance(exc, netguard.DestinationRefused):
         return Failure(FailureKind.NETWORK_GUARD, None, str(exc))
     if isinstance(exc, TimeoutError | socket.timeout):

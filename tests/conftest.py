@@ -1,6 +1,7 @@
 import os
 import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
@@ -38,8 +39,9 @@ def skip_or_fail(reason: str) -> None:
 @pytest.fixture
 def redis_url() -> str:
     url = os.environ.get("UMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    if not service_reachable("127.0.0.1", 6379):
-        skip_or_fail("Redis is not running on 127.0.0.1:6379")
+    parts = urlsplit(url)
+    if not service_reachable(parts.hostname or "127.0.0.1", parts.port or 6379):
+        skip_or_fail(f"Redis is not reachable at {parts.hostname}:{parts.port or 6379}")
     return url
 
 

@@ -1,11 +1,14 @@
 """Settings refuse bad values loudly; system checks refuse dangerous combinations."""
 
+from types import SimpleNamespace
+
 import environ
 import pytest
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 
-from ums.envparse import env_fernet_keys, env_path, env_ports, env_positive
+from ums import checks
+from ums.envparse import env_bool, env_fernet_keys, env_int, env_path, env_ports, env_positive
 
 
 @pytest.mark.parametrize("value", ["25,abc", "0", "70000", ","])
@@ -79,3 +82,37 @@ def test_private_networks_in_production_are_warned_about(settings):
     settings.DEBUG = False
     settings.UMS_SMTP_ALLOW_PRIVATE_NETWORKS = True
     assert "ums.W002" in check_ids()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("true", True), ("On", True), ("0", False), ("no", False)]
+)
+def test_booleans_are_read(monkeypatch, raw, expected):
+    monkeypatch.setenv("DJANGO_DEBUG", raw)
+    assert env_bool(environ.Env(), "DJANGO_DEBUG", default=False) is expected
+
+
+def test_a_misspelt_boolean_is_refused(monkeypatch):
+    monkeypatch.setenv("DJANGO_DEBUG", "ture")
+    with pytest.raises(ImproperlyConfigured, match="DJANGO_DEBUG"):
+        env_bool(environ.Env(), "DJANGO_DEBUG", default=False)
+
+
+@pytest.mark.parametrize("raw", ["soon", "-5", "70000"])
+def test_whole_numbers_are_checked_and_named(monkeypatch, raw):
+    monkeypatch.setenv("UMS_MAILCATCHER_PORT", raw)
+    with pytest.raises(ImproperlyConfigured, match="UMS_MAILCATCHER_PORT"):
+        env_int(environ.Env(), "UMS_MAILCATCHER_PORT", default=1025, minimum=1, maximum=65535)
+
+
+def test_production_without_redis_or_postgresql_is_warned_about(monkeypatch):
+    production = SimpleNamespace(
+        DEBUG=False,
+        CELERY_BROKER_URL="",
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3"}},
+    )
+    monkeypatch.setattr(checks, "settings", production)
+
+    ids = {warning.id for warning in checks.check_production_services(None)}
+
+    assert ids == {"ums.W003", "ums.W004"}

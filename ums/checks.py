@@ -73,3 +73,28 @@ def check_private_networks(app_configs: Iterable[Any] | None, **kwargs: Any) -> 
             )
         ]
     return []
+
+
+@register("ums", deploy=True)
+def check_production_services(app_configs: Iterable[Any] | None, **kwargs: Any) -> list[Warning]:
+    if settings.DEBUG:
+        return []
+    warnings = []
+    if not settings.CELERY_BROKER_URL:
+        warnings.append(
+            Warning(
+                "CELERY_BROKER_URL is not set: tasks go through the file-system queue under "
+                "var/, which only workers on this machine can read.",
+                hint="Set CELERY_BROKER_URL=redis://… (see docs/deployment.md).",
+                id="ums.W003",
+            )
+        )
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        warnings.append(
+            Warning(
+                "The database is SQLite: fine for a trial, not for several workers sending.",
+                hint="Set DATABASE_URL=postgres://… (see docs/deployment.md).",
+                id="ums.W004",
+            )
+        )
+    return warnings

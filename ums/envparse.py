@@ -51,3 +51,35 @@ def env_path(env: environ.Env, name: str) -> str:
     if value and not Path(value).is_file():
         raise ImproperlyConfigured(f"{name}: no file at {value!r}.")
     return value
+
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+def env_bool(env: environ.Env, name: str, *, default: bool) -> bool:
+    """A strict boolean: a typo such as `ture` stops start-up instead of meaning false."""
+    raw = env.str(name, default="true" if default else "false").strip().lower()
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(f"{name}: {raw!r} is not a boolean (use true or false).")
+
+
+def env_int(
+    env: environ.Env, name: str, *, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
+    raw = env.str(name, default=str(default)).strip()
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {raw!r} is not a whole number.") from exc
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and {maximum}" if maximum is not None else ""
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}{upper}.")
+    return value
+
+
+def env_strings(env: environ.Env, name: str, *, default: list[str]) -> list[str]:
+    return [item.strip() for item in env.list(name, default=default) if item.strip()]

@@ -11,7 +11,15 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from ums.envparse import env_fernet_keys, env_path, env_ports, env_positive
+from ums.envparse import (
+    env_bool,
+    env_fernet_keys,
+    env_int,
+    env_path,
+    env_ports,
+    env_positive,
+    env_strings,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"  # local state of a development install: SQLite, broker files
@@ -23,7 +31,7 @@ ENV_FILE = os.environ.get("UMS_ENV_FILE", str(BASE_DIR / ".env"))
 if ENV_FILE:
     environ.Env.read_env(ENV_FILE, overwrite=False)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+DEBUG = env_bool(env, "DJANGO_DEBUG", default=False)
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
@@ -31,10 +39,10 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"  # noqa: S105
 
-ALLOWED_HOSTS = env.list(
-    "DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else []
+ALLOWED_HOSTS = env_strings(
+    env, "DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else []
 )
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = env_strings(env, "DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -111,9 +119,14 @@ STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
+SESSION_COOKIE_SECURE = env_bool(env, "DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto.
+if env_bool(env, "DJANGO_BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool(env, "DJANGO_SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env_int(env, "DJANGO_SECURE_HSTS_SECONDS", default=0)
 
 # Mail that the project itself sends (password resets, error mails) — not channel mail,
 # which always goes through a sender's own backend (channels_app.smtp).
@@ -126,16 +139,14 @@ EMAIL_BACKEND = env.str(
 # Fernet keys for secrets at rest. The first encrypts; all of them decrypt (key rotation).
 UMS_FIELD_KEYS = env_fernet_keys(env, "UMS_FIELD_KEYS")
 UMS_SMTP_ALLOWED_PORTS = env_ports(env, "UMS_SMTP_ALLOWED_PORTS", default="25,80,443,465")
-UMS_SMTP_ALLOW_PRIVATE_NETWORKS = env.bool("UMS_SMTP_ALLOW_PRIVATE_NETWORKS", default=False)
+UMS_SMTP_ALLOW_PRIVATE_NETWORKS = env_bool(env, "UMS_SMTP_ALLOW_PRIVATE_NETWORKS", default=False)
 UMS_SMTP_TIMEOUT = env_positive(env, "UMS_SMTP_TIMEOUT", default=30.0)
 UMS_SMTP_CA_BUNDLE = env_path(env, "UMS_SMTP_CA_BUNDLE")
 # Minutes between automatic connection checks of enabled senders; 0 turns them off.
-UMS_SENDER_HEALTH_INTERVAL = env.int("UMS_SENDER_HEALTH_INTERVAL", default=60)
-if UMS_SENDER_HEALTH_INTERVAL < 0:
-    raise ImproperlyConfigured("UMS_SENDER_HEALTH_INTERVAL must be 0 (off) or a number of minutes.")
+UMS_SENDER_HEALTH_INTERVAL = env_int(env, "UMS_SENDER_HEALTH_INTERVAL", default=60)
 # The local mail catcher's pages in the console (development and demos).
-UMS_MAILCATCHER = env.bool("UMS_MAILCATCHER", default=DEBUG)
-UMS_MAILCATCHER_PORT = env.int("UMS_MAILCATCHER_PORT", default=1025)
+UMS_MAILCATCHER = env_bool(env, "UMS_MAILCATCHER", default=DEBUG)
+UMS_MAILCATCHER_PORT = env_int(env, "UMS_MAILCATCHER_PORT", default=1025, minimum=1, maximum=65535)
 
 # --- Celery ------------------------------------------------------------------------------
 
@@ -143,9 +154,9 @@ UMS_MAILCATCHER_PORT = env.int("UMS_MAILCATCHER_PORT", default=1025)
 # separate worker process run on a machine with no broker server installed.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_BROKER_FOLDER = env.path("CELERY_BROKER_FOLDER", default=VAR_DIR / "broker")
-CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=300)
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=360)
+CELERY_VISIBILITY_TIMEOUT = env_int(env, "CELERY_VISIBILITY_TIMEOUT", default=3600, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int(env, "CELERY_TASK_SOFT_TIME_LIMIT", default=300, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int(env, "CELERY_TASK_TIME_LIMIT", default=360, minimum=1)
 CELERY_BEAT_SCHEDULE_FILE = env.str(
     "CELERY_BEAT_SCHEDULE_FILE", default=str(VAR_DIR / "celerybeat-schedule")
 )

@@ -49,6 +49,15 @@ def test_create_channel_without_approval_leaves_the_sender_unusable():
     assert not sender.port_usable
 
 
+def test_create_channel_needs_a_reason_for_a_port_outside_the_list():
+    with pytest.raises(CommandError, match="port_exception_reason"):
+        run(
+            "create_channel", "--name", "Outlook line", "--sender-host", "smtp.office365.example",
+            "--sender-port", "587", "--encryption", "none", "--sender-address", "a@example.com",
+        )  # fmt: skip
+    assert not Channel.objects.exists()
+
+
 def test_create_channel_reports_bad_input_and_writes_nothing():
     with pytest.raises(CommandError, match="from_address"):
         run(

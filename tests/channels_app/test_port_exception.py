@@ -62,3 +62,19 @@ def test_allowed_ports_need_no_exception(make_sender):
     assert sender.port_usable
     with pytest.raises(ValidationError):
         services.sender_approve_port_exception(sender=sender, user=None)
+
+
+@pytest.mark.django_db
+def test_periodic_health_check_skips_senders_awaiting_approval(make_sender):
+    from django.utils import timezone
+
+    from channels_app.selectors import senders_due_for_health_check
+
+    waiting = make_sender(port=587, encryption="starttls", approve=False)
+    approved = make_sender(port=2525, encryption="starttls")
+    allowed = make_sender(port=465)
+
+    due = set(senders_due_for_health_check(now=timezone.now(), interval_minutes=60))
+
+    assert due == {approved, allowed}
+    assert waiting not in due
