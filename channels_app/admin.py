@@ -83,6 +83,13 @@ class ChannelAdmin(admin.ModelAdmin):
         else:
             request._ums_new_secret = services.channel_save_new(channel=obj)
 
+    def delete_model(self, request: HttpRequest, obj: Channel) -> None:
+        services.channel_delete(channel=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for channel in queryset:
+            services.channel_delete(channel=channel)
+
     def response_add(
         self, request: HttpRequest, obj: Channel, post_url_continue: Any = None
     ) -> HttpResponse:

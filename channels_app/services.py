@@ -52,6 +52,15 @@ def channel_save_new(*, channel: Channel) -> str:
     return secret
 
 
+@transaction.atomic
+def channel_delete(*, channel: Channel) -> None:
+    """Delete a channel with the bindings and tags scoped to its ChannelKey."""
+    from users_app.services import channel_delete_bindings
+
+    channel_delete_bindings(channel=channel)
+    channel.delete()
+
+
 def channel_reset_secret(*, channel: Channel, user: AbstractBaseUser | None) -> str:
     _require(user, "channels_app.view_master_secret")
     secret = new_master_secret()

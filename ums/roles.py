@@ -29,14 +29,26 @@ ROLES: dict[str, list[str]] = {
     ],
     "Data admin": [
         "channels_app.view_channel",
+        *(
+            f"users_app.{action}_{model}"
+            for model in ("umsuser", "useremailbinding", "usertag", "importjob")
+            for action in ("add", "change", "delete", "view")
+        ),
+        "users_app.export_useremailbinding",
     ],
     "Marketing": [
         "channels_app.view_channel",
         "channels_app.view_emailsender",
+        "users_app.view_umsuser",
+        "users_app.view_useremailbinding",
+        "users_app.view_usertag",
     ],
     "Reviewer": [
         "channels_app.view_channel",
         "channels_app.view_emailsender",
+        "users_app.view_umsuser",
+        "users_app.view_useremailbinding",
+        "users_app.view_usertag",
     ],
 }
 

@@ -118,6 +118,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 
+MEDIA_ROOT = env.path("DJANGO_MEDIA_ROOT", default=VAR_DIR / "media")
+MEDIA_URL = "media/"  # never served publicly: uploads are read by the app only
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool(env, "DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -146,6 +149,12 @@ UMS_SMTP_CA_BUNDLE = env_path(env, "UMS_SMTP_CA_BUNDLE")
 UMS_SENDER_HEALTH_INTERVAL = env_int(env, "UMS_SENDER_HEALTH_INTERVAL", default=60)
 # The local mail catcher's pages in the console (development and demos).
 UMS_MAILCATCHER = env_bool(env, "UMS_MAILCATCHER", default=DEBUG)
+# Spreadsheet uploads of users and bindings.
+UMS_IMPORT_MAX_BYTES = env_int(env, "UMS_IMPORT_MAX_BYTES", default=200 * 1024 * 1024, minimum=1)
+UMS_IMPORT_MAX_UNZIPPED_BYTES = env_int(
+    env, "UMS_IMPORT_MAX_UNZIPPED_BYTES", default=2 * 1024 * 1024 * 1024, minimum=1
+)
+UMS_IMPORT_SYNC_ROWS = env_int(env, "UMS_IMPORT_SYNC_ROWS", default=5000)
 UMS_MAILCATCHER_PORT = env_int(env, "UMS_MAILCATCHER_PORT", default=1025, minimum=1, maximum=65535)
 
 # --- Celery ------------------------------------------------------------------------------
@@ -160,6 +169,9 @@ CELERY_TASK_TIME_LIMIT = env_int(env, "CELERY_TASK_TIME_LIMIT", default=360, min
 CELERY_BEAT_SCHEDULE_FILE = env.str(
     "CELERY_BEAT_SCHEDULE_FILE", default=str(VAR_DIR / "celerybeat-schedule")
 )
+
+# Exports of users' data need the model's "export" permission (given to data admins).
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "export"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponseRedirect
-from django.urls import path
+from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 
 admin.site.site_header = _("UMS Email console")
@@ -15,4 +15,5 @@ def home(request: HttpRequest) -> HttpResponseRedirect:
 urlpatterns = [
     path("", home),
     path("admin/", admin.site.urls),
+    path("v1/", include("ums.api_urls")),
 ]

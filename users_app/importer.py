@@ -1,0 +1,424 @@
+"""Streaming import of users, email bindings and tags from .xlsx and .csv files.
+
+Two phases, so a preview can be shown before anything changes:
+
+1. validate: stream the file row by row (constant memory), clean each row with the shared
+   validators, and write the good rows to staging tables in batches (PostgreSQL `COPY`, a bulk
+   insert elsewhere) and the bad ones to ImportRowError. Conflicting duplicates are found in SQL.
+2. apply: one transaction of set-based `INSERT … ON CONFLICT` statements from staging.
+
+A file with any rejected row is not applied: a half-broken upload changes nothing.
+"""
+
+import csv
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from channels_app.models import Channel
+from users_app.models import ImportJob, ImportRow, ImportRowError, ImportTag
+from users_app.validation import FieldError, clean_bind_id, clean_email, clean_tags, clean_userid
+
+COLUMNS = ("userid", "email", "bind_id", "tag")
+REQUIRED_COLUMNS = ("userid", "email")
+COLUMN_ALIASES = {"tags": "tag", "bindid": "bind_id", "bind id": "bind_id", "user_id": "userid"}
+BATCH_ROWS = 5000
+MAX_STORED_ERRORS = 50_000
+MAX_COMPRESSION_RATIO = 1000
+
+Progress = Callable[[int], None]
+
+
+class FileRefused(ValueError):
+    """The file is not something we will read (wrong type, too large, hostile)."""
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def read_rows(path: Path) -> Iterator[list[Any]]:
+    """The rows of the first sheet of an .xlsx file, or of a .csv file, as lists of cells."""
+    if path.stat().st_size > settings.UMS_IMPORT_MAX_BYTES:
+        raise FileRefused(
+            _("The file is larger than the limit of %(mb)d MB.")
+            % {"mb": settings.UMS_IMPORT_MAX_BYTES // (1024 * 1024)}
+        )
+    with path.open("rb") as handle:
+        magic = handle.read(8)
+    if magic.startswith(b"PK\x03\x04"):
+        return _xlsx_rows(path)
+    if magic.startswith(b"\xd0\xcf\x11\xe0"):
+        raise FileRefused(_("Old .xls files are not supported: save the file as .xlsx."))
+    return _csv_rows(path)
+
+
+def _check_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile:
+        raise FileRefused(_("The file is not a valid .xlsx workbook.")) from None
+    if "xl/workbook.xml" not in {m.filename for m in members}:
+        raise FileRefused(_("The file is a zip archive but not an .xlsx workbook."))
+    unzipped = sum(m.file_size for m in members)
+    if unzipped > settings.UMS_IMPORT_MAX_UNZIPPED_BYTES:
+        raise FileRefused(_("The workbook unpacks to more data than allowed; it was not read."))
+    for member in members:
+        if member.compress_size and member.file_size / member.compress_size > MAX_COMPRESSION_RATIO:
+            raise FileRefused(_("The workbook looks like a zip bomb; it was not read."))
+
+
+def _xlsx_rows(path: Path) -> Iterator[list[Any]]:
+    import openpyxl
+
+    _check_zip(path)
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:
+        raise FileRefused(
+            _("The workbook cannot be read: %(error)s") % {"error": _short(exc)}
+        ) from exc
+    try:
+        sheet = workbook.worksheets[0]
+        for row in sheet.iter_rows(values_only=True):
+            yield list(row)
+    except Exception as exc:
+        raise FileRefused(
+            _("The workbook cannot be read: %(error)s") % {"error": _short(exc)}
+        ) from exc
+    finally:
+        workbook.close()
+
+
+def _csv_rows(path: Path) -> Iterator[list[Any]]:
+    with path.open("rb") as raw:
+        sample = raw.read(64 * 1024)
+    if b"\x00" in sample:
+        raise FileRefused(_("The file is neither an .xlsx workbook nor a .csv text file."))
+    encoding = "utf-8-sig"
+    try:
+        sample.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(sample) - 4:  # not just a character cut by the sample's end
+            encoding = "gb18030"  # Excel on Chinese Windows saves CSV in GBK
+    with path.open(encoding=encoding, newline="") as handle:
+        try:
+            yield from csv.reader(handle)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise FileRefused(
+                _("The CSV file is malformed: %(error)s") % {"error": _short(exc)}
+            ) from exc
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:200] or exc.__class__.__name__
+
+
+def map_header(cells: list[Any]) -> dict[str, int]:
+    """Column positions by name, from the header row."""
+    positions: dict[str, int] = {}
+    for index, cell in enumerate(cells):
+        name = str(cell or "").strip().lower()
+        name = COLUMN_ALIASES.get(name, name)
+        if name in COLUMNS and name not in positions:
+            positions[name] = index
+    missing = [name for name in REQUIRED_COLUMNS if name not in positions]
+    if missing:
+        raise FileRefused(
+            _("The first row must name the columns userid and email (missing: %(missing)s).")
+            % {"missing": ", ".join(missing)}
+        )
+    return positions
+
+
+# --- phase 1: validate into staging ----------------------------------------------------------
+
+
+@dataclass
+class Staging:
+    """Rows waiting to be written to the staging tables, and the counts so far."""
+
+    job: ImportJob
+    rows: list[tuple] = field(default_factory=list)
+    tags: list[tuple] = field(default_factory=list)
+    errors: list[ImportRowError] = field(default_factory=list)
+    read: int = 0
+    error_count: int = 0
+
+    def add_error(self, row: int, column: str, value: Any, reason: str) -> None:
+        self.error_count += 1
+        if self.error_count <= MAX_STORED_ERRORS:
+            text = "" if value is None else str(value)
+            self.errors.append(
+                ImportRowError(
+                    job=self.job, row=row, column=column, value=text[:200], reason=reason[:300]
+                )
+            )
+
+    def flush(self) -> None:
+        _copy_rows(ImportRow, ("job_id", "row", "userid", "bind_id", "email"), self.rows)
+        _copy_rows(ImportTag, ("job_id", "userid", "bind_id", "tag"), self.tags)
+        ImportRowError.objects.bulk_create(self.errors, batch_size=BATCH_ROWS)
+        self.rows, self.tags, self.errors = [], [], []
+
+
+def _copy_rows(model: Any, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    if not rows:
+        return
+    table = model._meta.db_table
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            raw = cursor.cursor
+            with raw.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        return
+    placeholders = ", ".join(["%s"] * len(columns))
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def job_validate(job: ImportJob, *, progress: Progress | None = None) -> ImportJob:
+    """Read and check the whole file into staging; the job ends VALIDATED or REJECTED."""
+    job_discard_staging(job, errors=True)
+    _set(
+        job,
+        status=ImportJob.Status.VALIDATING,
+        started_at=timezone.now(),
+        processed_rows=0,
+        error_count=0,
+        message="",
+    )
+    try:
+        staging = _stage_file(job, progress)
+    except FileRefused as exc:
+        _set(job, status=ImportJob.Status.FAILED, message=str(exc), finished_at=timezone.now())
+        job_discard_staging(job)
+        return job
+    conflicts = _find_conflicts(job)
+    counts = _count_changes(job)
+    error_count = staging.error_count + conflicts
+    status = ImportJob.Status.REJECTED if error_count else ImportJob.Status.VALIDATED
+    _set(
+        job,
+        status=status,
+        error_count=error_count,
+        total_rows=staging.read,
+        processed_rows=staging.read,
+        finished_at=timezone.now(),
+        **counts,
+    )
+    return job
+
+
+def _stage_file(job: ImportJob, progress: Progress | None) -> Staging:
+    rows = read_rows(Path(job.file.path))
+    header = next(rows, None)
+    if header is None:
+        raise FileRefused(_("The file is empty."))
+    positions = map_header(header)
+    staging = Staging(job=job)
+    channel_keys = set(Channel.objects.values_list("channel_key", flat=True))
+    for number, cells in enumerate(rows, start=2):
+        if not any(cell not in (None, "") for cell in cells):
+            continue  # blank lines are not rows
+        staging.read += 1
+        _stage_row(staging, number, cells, positions, channel_keys)
+        if staging.read % BATCH_ROWS == 0:
+            staging.flush()
+            _set(job, processed_rows=staging.read, error_count=staging.error_count)
+            if progress:
+                progress(staging.read)
+    staging.flush()
+    if progress:
+        progress(staging.read)
+    if staging.read == 0:
+        raise FileRefused(_("The file has a header row but no data rows."))
+    return staging
+
+
+def _stage_row(
+    staging: Staging,
+    number: int,
+    cells: list[Any],
+    positions: dict[str, int],
+    channel_keys: set[str],
+) -> None:
+    def cell(name: str) -> Any:
+        index = positions.get(name)
+        return cells[index] if index is not None and index < len(cells) else None
+
+    try:
+        userid = clean_userid(cell("userid"))
+        email = clean_email(cell("email"))
+        bind_id = clean_bind_id(
+            cell("bind_id"), channel_keys=channel_keys, default=staging.job.default_bind_id
+        )
+        tags = clean_tags(cell("tag"))
+    except FieldError as exc:
+        staging.add_error(number, exc.field, cell(exc.field), exc.message)
+        return
+    job_id = staging.job.pk
+    staging.rows.append((job_id, number, userid, bind_id, email))
+    staging.tags.extend((job_id, userid, bind_id, tag) for tag in tags)
+
+
+def _find_conflicts(job: ImportJob) -> int:
+    """Rows that give a (userid, bind_id) another email than its first row did."""
+    sql = """
+        SELECT r.row, r.email, f.first_row FROM users_app_importrow r
+        JOIN (
+            SELECT userid, bind_id, MIN(row) AS first_row FROM users_app_importrow
+            WHERE job_id = %s GROUP BY userid, bind_id HAVING COUNT(DISTINCT email) > 1
+        ) f ON r.userid = f.userid AND r.bind_id = f.bind_id
+        JOIN users_app_importrow fr ON fr.job_id = %s AND fr.row = f.first_row
+        WHERE r.job_id = %s AND r.email <> fr.email
+        ORDER BY r.row
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [job.pk, job.pk, job.pk])
+        conflicts = cursor.fetchall()
+    reason = _("a different email for the same userid and bind_id as row %(row)s")
+    ImportRowError.objects.bulk_create(
+        [
+            ImportRowError(
+                job=job, row=row, column="email", value=email[:200], reason=reason % {"row": first}
+            )
+            for row, email, first in conflicts[:MAX_STORED_ERRORS]
+        ],
+        batch_size=BATCH_ROWS,
+    )
+    return len(conflicts)
+
+
+def _count_changes(job: ImportJob) -> dict[str, int]:
+    """How the staged bindings compare with the stored ones: new, updated, unchanged."""
+    sql = """
+        SELECT
+            COALESCE(SUM(CASE WHEN b.id IS NULL THEN 1 ELSE 0 END), 0),
+            COALESCE(SUM(CASE WHEN b.id IS NOT NULL AND b.email <> s.email THEN 1 ELSE 0 END), 0),
+            COALESCE(SUM(CASE WHEN b.email = s.email THEN 1 ELSE 0 END), 0)
+        FROM (
+            SELECT userid, bind_id, MIN(email) AS email FROM users_app_importrow
+            WHERE job_id = %s GROUP BY userid, bind_id
+        ) s
+        LEFT JOIN users_app_umsuser u ON u.userid = s.userid
+        LEFT JOIN users_app_useremailbinding b ON b.user_id = u.id AND b.bind_id = s.bind_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [job.pk])
+        new, updated, unchanged = cursor.fetchone()
+    return {"new_count": new, "updated_count": updated, "unchanged_count": unchanged}
+
+
+# --- phase 2: apply --------------------------------------------------------------------------
+
+
+def job_apply(job: ImportJob) -> ImportJob:
+    """Write a validated job's rows in one transaction, then drop its staging rows."""
+    # An APPLYING job older than a task's time limit was left by a dead worker (its transaction
+    # rolled back), so it may be claimed again.
+    abandoned = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    claimable = Q(status=ImportJob.Status.VALIDATED) | Q(
+        status=ImportJob.Status.APPLYING, started_at__lt=abandoned
+    )
+    claimed = ImportJob.objects.filter(claimable, pk=job.pk).update(
+        status=ImportJob.Status.APPLYING, started_at=timezone.now()
+    )
+    if not claimed:  # applied already, or not valid: a second confirm does nothing
+        job.refresh_from_db()
+        return job
+    try:
+        with transaction.atomic():
+            applied = _apply_staging(job.pk)
+    except Exception as exc:
+        _set(job, status=ImportJob.Status.FAILED, message=_short(exc), finished_at=timezone.now())
+        raise
+    job_discard_staging(job)
+    _set(job, status=ImportJob.Status.DONE, applied_rows=applied, finished_at=timezone.now())
+    return job
+
+
+def _apply_staging(job_id: int) -> int:
+    now = timezone.now()
+    statements = [
+        (
+            """INSERT INTO users_app_umsuser (userid, created_at, updated_at)
+               SELECT DISTINCT userid, %s, %s FROM users_app_importrow WHERE job_id = %s
+               ON CONFLICT (userid) DO NOTHING""",
+            [now, now, job_id],
+        ),
+        (
+            """INSERT INTO users_app_useremailbinding (user_id, bind_id, email, updated_at)
+               SELECT u.id, s.bind_id, s.email, %s FROM (
+                   SELECT userid, bind_id, MIN(email) AS email FROM users_app_importrow
+                   WHERE job_id = %s GROUP BY userid, bind_id
+               ) s JOIN users_app_umsuser u ON u.userid = s.userid
+               WHERE 1 = 1
+               ON CONFLICT (user_id, bind_id) DO UPDATE
+               SET email = excluded.email, updated_at = excluded.updated_at
+               WHERE users_app_useremailbinding.email <> excluded.email""",
+            [now, job_id],
+        ),
+        (
+            """INSERT INTO users_app_usertag (user_id, bind_id, tag)
+               SELECT DISTINCT u.id, t.bind_id, t.tag FROM users_app_importtag t
+               JOIN users_app_umsuser u ON u.userid = t.userid
+               WHERE t.job_id = %s
+               ON CONFLICT (user_id, bind_id, tag) DO NOTHING""",
+            [job_id],
+        ),
+    ]
+    with connection.cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        cursor.execute("SELECT COUNT(*) FROM users_app_importrow WHERE job_id = %s", [job_id])
+        return cursor.fetchone()[0]
+
+
+def job_discard_staging(job: ImportJob, *, errors: bool = False) -> None:
+    ImportRow.objects.filter(job=job).delete()
+    ImportTag.objects.filter(job=job).delete()
+    if errors:
+        ImportRowError.objects.filter(job=job).delete()
+
+
+def _set(job: ImportJob, **fields: Any) -> None:
+    """Update the job row at once (progress is read by other processes while we work)."""
+    ImportJob.objects.filter(pk=job.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def estimate_rows(path: Path) -> int | None:
+    """A cheap guess of the data rows, to choose between the web request and a background job."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":
+                handle.seek(0)
+                return max(
+                    0,
+                    sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+                    - 1,
+                )
+        import openpyxl
+
+        _check_zip(path)
+        workbook = openpyxl.load_workbook(path, read_only=True)
+        try:
+            max_row = workbook.worksheets[0].max_row
+        finally:
+            workbook.close()
+    except (OSError, FileRefused, zipfile.BadZipFile, KeyError, ValueError):
+        return None
+    return max(0, max_row - 1) if max_row else None
