@@ -17,6 +17,19 @@ def publish(task, args, *, url: str, transport_options: dict | None = None) -> N
         task.apply_async(args=args, connection=conn)
 
 
+def filesystem_broker(tmp_path: Path) -> tuple[Path, dict]:
+    folder = tmp_path / "broker"
+    options = {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+    }
+    for sub in ("queue", "control"):
+        (folder / sub).mkdir(parents=True)
+    return folder, options
+
+
 def health(sender: EmailSender) -> str:
     sender.refresh_from_db()
     return sender.health if sender.health_checked_at else ""
@@ -27,15 +40,7 @@ def test_worker_on_the_file_system_broker_runs_a_sender_check(
 ):
     """The `make run` setup: no broker server, yet a separate worker process does the work."""
     sender = make_sender(plain_server, account="", password="")
-    folder = tmp_path / "broker"
-    options = {
-        "data_folder_in": str(folder / "queue"),
-        "data_folder_out": str(folder / "queue"),
-        "control_folder": str(folder / "control"),
-        "store_processed": False,
-    }
-    for sub in ("queue", "control"):
-        (folder / sub).mkdir(parents=True)
+    folder, options = filesystem_broker(tmp_path)
     log = tmp_path / "worker.log"
 
     with celery_worker(child_env(CELERY_BROKER_FOLDER=str(folder)), log):
@@ -60,3 +65,43 @@ def test_worker_on_redis_runs_the_periodic_health_check(
     assert due.health == EmailSender.Health.OK
     assert health(disabled) == ""
     assert plain_server.recorder.connections == 1
+
+
+def test_worker_checks_and_imports_a_large_upload(tmp_path: Path):
+    from django.core.files import File
+
+    from tests.users_app.files import csv_bytes, write
+    from users_app import services as user_services
+    from users_app import tasks as user_tasks
+    from users_app.models import ImportJob, UserEmailBinding
+
+    rows = [[f"u{i}", f"u{i}@example.com", "", "bulk"] for i in range(7000)]
+    path = write(tmp_path, "large.csv", csv_bytes(rows))
+    with path.open("rb") as handle:
+        job = user_services.import_job_create(file=File(handle), original_name="large.csv")
+    folder, options = filesystem_broker(tmp_path)
+    log = tmp_path / "worker.log"
+
+    def status() -> str:
+        job.refresh_from_db()
+        return job.status
+
+    with celery_worker(child_env(CELERY_BROKER_FOLDER=str(folder)), log):
+        publish(
+            user_tasks.import_job_validate, [job.pk], url="filesystem://", transport_options=options
+        )
+        wait_for(
+            lambda: status() == ImportJob.Status.VALIDATED,
+            timeout=60,
+            what="validation",
+            log_path=log,
+        )
+        publish(
+            user_tasks.import_job_apply, [job.pk], url="filesystem://", transport_options=options
+        )
+        wait_for(
+            lambda: status() == ImportJob.Status.DONE, timeout=60, what="the import", log_path=log
+        )
+
+    assert job.processed_rows == 7000
+    assert UserEmailBinding.objects.count() == 7000
