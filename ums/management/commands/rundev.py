@@ -50,6 +50,8 @@ class Command(BaseCommand):
         }
         if settings.UMS_MAILCATCHER:
             commands["mailcatcher"] = [python, "manage.py", "mailcatcher"]
+        # A SIGTERM (a service manager, `kill`) stops the children too, as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         processes = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         self.stdout.write(f"Started {', '.join(processes)}. Press Ctrl-C to stop them all.")
         status = 0
@@ -78,3 +80,7 @@ class Command(BaseCommand):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
