@@ -31,6 +31,11 @@ class ApiPrincipal:
     channel: Channel | None = None
     access_key: AccessKey | None = None
 
+    def __str__(self) -> str:
+        if self.access_key is not None:
+            return f"AccessKey {self.access_key.access_key}"
+        return f"channel {self.channel.channel_key if self.channel else '?'}"
+
     @property
     def is_access_key(self) -> bool:
         return self.access_key is not None
@@ -48,6 +53,12 @@ class ApiPrincipal:
                 code=ApiCode.ACCESS_KEY_REQUIRED,
                 message=_("This endpoint needs the AccessKey, not a ChannelKey."),
             )
+
+    def require_channel(self) -> Channel:
+        """The message endpoints speak for a channel: the AccessKey does not authenticate there."""
+        if self.channel is None:
+            raise auth_failed()
+        return self.channel
 
 
 def request_authenticate(request: HttpRequest) -> ApiPrincipal:

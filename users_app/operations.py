@@ -78,7 +78,7 @@ class UserChanges:
 def user_opt_apply(*, principal: ApiPrincipal, items: object) -> BatchResult:
     """Apply a batch of `{"userid", "set", "add", "del"}` items; unknown userids are created."""
     batch = _batch(items)
-    channel_keys = frozenset(Channel.objects.values_list("channel_key", flat=True))
+    channel_keys = frozenset(Channel.objects.order_by().values_list("channel_key", flat=True))
     result = BatchResult(success=[], fail=[])
     for item in batch:
         reported = _reported_userid(item.get("userid") if isinstance(item, dict) else None)

@@ -27,7 +27,7 @@ class FieldError(ValueError):
 
 
 def clean_userid(value: object) -> str:
-    text = _text(value)
+    text = _text(value, "userid")
     if not text:
         raise FieldError("userid", _("required"))
     if len(text) > 64:
@@ -41,7 +41,7 @@ def clean_userid(value: object) -> str:
 
 def clean_email(value: object) -> str:
     """A valid address with its domain lower-cased and IDNA-encoded."""
-    text = _text(value)
+    text = _text(value, "email")
     if not text:
         raise FieldError("email", _("required"))
     if "\r" in text or "\n" in text:
@@ -64,7 +64,7 @@ def clean_email(value: object) -> str:
 
 
 def clean_tag(value: object) -> str:
-    text = _text(value)
+    text = _text(value, "tag")
     if not text:
         raise FieldError("tag", _("empty tag"))
     if len(text.encode()) > TAG_MAX_BYTES:
@@ -76,13 +76,18 @@ def clean_tag(value: object) -> str:
 
 def clean_tags(value: object) -> list[str]:
     """A comma-separated cell (full-width commas too) into distinct tags, in order."""
-    text = _text(value).replace("\uff0c", ",")  # a full-width comma, as Chinese keyboards type
+    text = _text(value, "tag").replace(
+        "\uff0c", ","
+    )  # a full-width comma, as Chinese keyboards type
     tags = [clean_tag(part) for part in text.split(",") if part.strip()]
     return list(dict.fromkeys(tags))
 
 
-def clean_bind_id(value: object, *, channel_keys: Iterable[str], default: str = ALL_SCOPE) -> str:
-    text = _text(value) or default
+def clean_bind_id(value: object, *, channel_keys: Iterable[str], default: str | None = None) -> str:
+    """`all` or a known ChannelKey; an empty value takes `default` (an upload form's choice)."""
+    text = _text(value, "bind_id") or default
+    if not text:
+        raise FieldError("bind_id", _("required"))
     if text.lower() == ALL_SCOPE:
         return ALL_SCOPE
     if text not in channel_keys:
@@ -92,12 +97,12 @@ def clean_bind_id(value: object, *, channel_keys: Iterable[str], default: str = 
     return text
 
 
-def _text(value: object) -> str:
+def _text(value: object, field: str) -> str:
     """A cell or JSON value as text: spreadsheet numbers such as 10001.0 become "10001"."""
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return str(value).lower()
+    if isinstance(value, bool | list | dict):
+        raise FieldError(field, _("must be text"))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
