@@ -164,6 +164,7 @@ class Staging:
                 )
             )
 
+    @transaction.atomic  # one commit per batch, not per row (SQLite syncs on each commit)
     def flush(self) -> None:
         _copy_rows(ImportRow, ("job_id", "row", "userid", "bind_id", "email"), self.rows)
         _copy_rows(ImportTag, ("job_id", "userid", "bind_id", "tag"), self.tags)
@@ -275,18 +276,21 @@ def _stage_row(
 
 def _find_conflicts(job: ImportJob) -> int:
     """Rows that give a (userid, bind_id) another email than its first row did."""
+    # A window over the staged rows: one sort, on PostgreSQL and SQLite alike (a grouped
+    # subquery joined back to the rows was re-evaluated per row by SQLite's planner).
     sql = """
-        SELECT r.row, r.email, f.first_row FROM users_app_importrow r
-        JOIN (
-            SELECT userid, bind_id, MIN(row) AS first_row FROM users_app_importrow
-            WHERE job_id = %s GROUP BY userid, bind_id HAVING COUNT(DISTINCT email) > 1
-        ) f ON r.userid = f.userid AND r.bind_id = f.bind_id
-        JOIN users_app_importrow fr ON fr.job_id = %s AND fr.row = f.first_row
-        WHERE r.job_id = %s AND r.email <> fr.email
-        ORDER BY r.row
+        SELECT row, email, first_row FROM (
+            SELECT row, email,
+                FIRST_VALUE(email) OVER key_rows AS first_email,
+                FIRST_VALUE(row) OVER key_rows AS first_row
+            FROM users_app_importrow WHERE job_id = %s
+            WINDOW key_rows AS (PARTITION BY userid, bind_id ORDER BY row)
+        ) ranked
+        WHERE email <> first_email
+        ORDER BY row
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [job.pk, job.pk, job.pk])
+        cursor.execute(sql, [job.pk])
         conflicts = cursor.fetchall()
     reason = _("a different email for the same userid and bind_id as row %(row)s")
     ImportRowError.objects.bulk_create(
