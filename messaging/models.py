@@ -1,11 +1,192 @@
-"""Messaging models. For now: the mail caught by the local mail catcher (development, demos)."""
+"""Messages, one Delivery row per recipient, attachments (materials), and the mail catcher's inbox.
 
+A message and all its deliveries are in the database before any SMTP traffic: the database, not
+the broker, is the record of what still has to be sent.
+"""
+
+import secrets
+import time
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+
+
+def new_msgid() -> str:
+    """A numeric id like the vendor's: milliseconds, then random bits (sortable by time)."""
+    return str((int(time.time() * 1000) << 20) | secrets.randbits(20))
+
+
+class Message(models.Model):
+    class Source(models.TextChoices):
+        API = "api", _("API")
+        CONSOLE = "console", _("Console")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        SCHEDULED = "scheduled", _("Scheduled")
+        RESOLVING = "resolving", _("Resolving recipients")
+        SENDING = "sending", _("Sending")
+        DONE = "done", _("Done")
+        RETRACTED = "retracted", _("Retracted")
+
+    class Priority(models.IntegerChoices):
+        HIGH = 1, _("High")
+        MEDIUM = 2, _("Medium")
+        LOW = 3, _("Low")
+
+    msgid = models.CharField(
+        _("msgid"), max_length=24, unique=True, default=new_msgid, editable=False
+    )
+    channel = models.ForeignKey(
+        "channels_app.Channel",
+        on_delete=models.PROTECT,
+        related_name="messages",
+        verbose_name=_("channel"),
+    )
+    sender = models.ForeignKey(
+        "channels_app.EmailSender",
+        on_delete=models.PROTECT,
+        related_name="messages",
+        verbose_name=_("email sender"),
+    )
+    source = models.CharField(_("source"), max_length=10, choices=Source.choices)
+    owner = models.CharField(_("owner"), max_length=64, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    audience = models.JSONField(_("audience"), default=dict)
+    subject = models.CharField(_("subject"), max_length=998)
+    html = models.TextField(_("HTML"), blank=True)
+    text = models.TextField(_("plain text"), blank=True)
+    from_name = models.CharField(_("display name"), max_length=100, blank=True)
+    reply_to = models.CharField(_("reply to"), max_length=254, blank=True)
+    materials = models.ManyToManyField("Material", blank=True, related_name="messages")
+    sendno = models.CharField(_("sendno"), max_length=64, blank=True)
+    priority = models.PositiveSmallIntegerField(
+        _("priority"), choices=Priority.choices, default=Priority.MEDIUM
+    )
+    send_at = models.DateTimeField(_("scheduled for"), null=True, blank=True)
+    callback = models.JSONField(_("callback"), default=dict, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
+    )
+    # Counters kept on the message, so lists never count deliveries.
+    total = models.PositiveIntegerField(_("recipients"), default=0)
+    invalid = models.PositiveIntegerField(_("invalid"), default=0)
+    sent = models.PositiveIntegerField(_("sent"), default=0)
+    failed = models.PositiveIntegerField(_("failed"), default=0)
+    cancelled = models.PositiveIntegerField(_("cancelled"), default=0)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["channel", "sendno", "created_at"], name="message_sendno_idx"),
+            models.Index(fields=["status", "created_at"], name="message_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.msgid
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.invalid - self.sent - self.failed - self.cancelled)
+
+
+class Delivery(models.Model):
+    """One recipient of one message: what happened to it, down to the SMTP reply."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SENDING = "sending", _("Sending")
+        SENT = "sent", _("Sent")
+        RETRYING = "retrying", _("Retrying")
+        FAILED = "failed", _("Failed")
+        INVALID = "invalid", _("Invalid target")
+        CANCELLED = "cancelled", _("Cancelled")
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
+    batch = models.PositiveIntegerField(default=0)
+    userid = models.CharField(_("userid"), max_length=64, blank=True)
+    email = models.CharField(_("email"), max_length=254, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
+    smtp_reply = models.CharField(_("SMTP reply"), max_length=500, blank=True)
+    smtp_message_id = models.CharField(_("Message-ID"), max_length=255, blank=True)
+    sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
+        indexes = [
+            models.Index(fields=["message", "batch", "status"], name="delivery_batch_idx"),
+            models.Index(fields=["message", "status"], name="delivery_status_idx"),
+            # The sweeper's scans: stuck claims and due retries, over a small part of the table.
+            models.Index(
+                fields=["status", "next_attempt_at"],
+                name="delivery_due_idx",
+                condition=Q(status__in=["sending", "retrying", "pending"]),
+            ),
+            models.Index(fields=["email"], name="delivery_email_idx"),
+            models.Index(fields=["userid"], name="delivery_userid_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id}:{self.email or self.userid}"
+
+
+class Material(models.Model):
+    """An attachment uploaded through /v1/material, usable in msg_email[].files until it expires."""
+
+    token = models.CharField(
+        max_length=43, unique=True, default=secrets.token_urlsafe, editable=False
+    )
+    channel = models.ForeignKey(
+        "channels_app.Channel", on_delete=models.CASCADE, related_name="materials"
+    )
+    file = models.FileField(upload_to="materials/%Y/%m/")
+    name = models.CharField(_("file name"), max_length=255)
+    content_type = models.CharField(max_length=100)
+    size = models.PositiveIntegerField()
+    expires_at = models.DateTimeField(_("expires"))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("material")
+        verbose_name_plural = _("materials")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SendnoKey(models.Model):
+    """Idempotency: the first message of a (channel, sendno) within 24 hours."""
+
+    channel = models.ForeignKey("channels_app.Channel", on_delete=models.CASCADE, related_name="+")
+    sendno = models.CharField(max_length=64)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel", "sendno"], name="sendno_unique")]
+
+    def __str__(self) -> str:
+        return self.sendno
 
 
 class CapturedEmail(models.Model):

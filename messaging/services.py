@@ -1,9 +1,236 @@
-"""Messaging writes. For now: storing what the local mail catcher receives."""
+"""Writes for messages: create (API and console alike), retract, materials; the mail catcher."""
 
+import html as html_lib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesParser
+from typing import Any
 
-from messaging.models import CapturedEmail
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.uploadedfile import UploadedFile
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from kombu.exceptions import OperationalError
+
+from channels_app.models import Channel
+from channels_app.selectors import channel_default_sender
+from messaging.models import CapturedEmail, Delivery, Material, Message, SendnoKey
+
+logger = logging.getLogger(__name__)
+
+SENDNO_WINDOW = timedelta(hours=24)
+RETRACT_WINDOW = timedelta(hours=24)
+
+
+class SendRefused(Exception):
+    """A send request the contract refuses, with the vendor's code."""
+
+    def __init__(self, code: int, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Exactly one kind of target (user-type and raw addresses are never mixed)."""
+
+    userids: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    everyone: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        if self.everyone:
+            return {"broadcast": True}
+        data = {"userid": self.userids, "tag": self.tags, "email": self.emails}
+        return {key: value for key, value in data.items() if value}
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    html: str = ""
+    text: str = ""
+    from_name: str = ""
+    reply_to: str = ""
+    materials: list[Material] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Options:
+    sendno: str = ""
+    owner: str = ""
+    priority: int = Message.Priority.MEDIUM
+    send_at: datetime | None = None
+    callback: dict[str, Any] = field(default_factory=dict)
+
+
+def html_to_text(markup: str) -> str:
+    """A readable plain-text part for an HTML body."""
+    text = re.sub(r"(?is)<(script|style).*?</\1>", "", markup)
+    text = re.sub(r"(?i)<br\s*/?>", "\n", text)
+    text = re.sub(r"(?i)</(p|div|h[1-6]|li|tr)>", "\n", text)
+    text = re.sub(r"(?s)<[^>]+>", "", text)
+    text = html_lib.unescape(text)
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def message_create(
+    *,
+    channel: Channel,
+    audience: Audience,
+    content: Content,
+    options: Options,
+    source: str,
+    created_by: AbstractBaseUser | None = None,
+) -> tuple[Message, bool]:
+    """Store a message and queue it; returns (message, created).
+
+    A repeated sendno of the channel within 24 hours returns the first message and sends nothing.
+    """
+    if not channel.is_enabled:
+        raise SendRefused(1015005, _("The channel is closed."), status=403)
+    sender = channel_default_sender(channel=channel)
+    if sender is None or not sender.port_usable:
+        raise SendRefused(1015010, _("The channel has no enabled, authorized email sender."))
+    if options.sendno:
+        existing = _sendno_message(channel, options.sendno)
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            message = _store(channel, sender, audience, content, options, source, created_by)
+    except IntegrityError:  # a concurrent request with the same sendno won the race
+        existing = _sendno_message(channel, options.sendno)
+        if existing is None:
+            raise
+        return existing, False
+    return message, True
+
+
+def _store(
+    channel: Channel,
+    sender: Any,
+    audience: Audience,
+    content: Content,
+    options: Options,
+    source: str,
+    created_by: Any,
+) -> Message:
+    scheduled = options.send_at is not None and options.send_at > timezone.now()
+    message = Message.objects.create(
+        channel=channel,
+        sender=sender,
+        source=source,
+        owner=options.owner,
+        created_by=created_by,
+        audience=audience.as_json(),
+        subject=content.subject,
+        html=content.html,
+        text=content.text or html_to_text(content.html),
+        from_name=content.from_name,
+        reply_to=content.reply_to,
+        sendno=options.sendno,
+        priority=options.priority,
+        send_at=options.send_at,
+        callback=options.callback,
+        status=Message.Status.SCHEDULED if scheduled else Message.Status.QUEUED,
+    )
+    if content.materials:
+        message.materials.set(content.materials)
+    if options.sendno:
+        SendnoKey.objects.filter(channel=channel, sendno=options.sendno).delete()  # older than 24 h
+        SendnoKey.objects.create(
+            channel=channel, sendno=options.sendno, message=message, created_at=message.created_at
+        )
+    if not scheduled:
+        transaction.on_commit(lambda: message_enqueue(message))
+    return message
+
+
+def _sendno_message(channel: Channel, sendno: str) -> Message | None:
+    key = (
+        SendnoKey.objects.filter(
+            channel=channel, sendno=sendno, created_at__gte=timezone.now() - SENDNO_WINDOW
+        )
+        .select_related("message")
+        .first()
+    )
+    return key.message if key else None
+
+
+def message_enqueue(message: Message) -> bool:
+    """Hand the message to the workers. If the broker is down, the sweeper hands it later."""
+    from messaging import tasks
+
+    try:
+        tasks.message_dispatch.apply_async(
+            args=[message.pk], priority=celery_priority(message.priority)
+        )
+    except OperationalError:
+        logger.warning("broker unreachable; message %s waits for the sweeper", message.msgid)
+        return False
+    return True
+
+
+def celery_priority(priority: int) -> int:
+    """UMS priority 1 (high) … 3 (low) as Redis transport priorities (0 is served first)."""
+    return {1: 0, 2: 3, 3: 6}.get(priority, 3)
+
+
+def message_retract(*, message: Message) -> dict[str, int]:
+    """Cancel every delivery not yet handed to SMTP; report what was cancelled and what had gone."""
+    if message.status == Message.Status.RETRACTED:
+        raise SendRefused(1015055, _("The message has already been retracted."))
+    if message.created_at < timezone.now() - RETRACT_WINDOW:
+        raise SendRefused(1016020, _("Only messages from the last 24 hours can be retracted."))
+    with transaction.atomic():
+        cancelled = Delivery.objects.filter(
+            message=message, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING]
+        ).update(status=Delivery.Status.CANCELLED, claimed_at=None)
+        Message.objects.filter(pk=message.pk).update(
+            status=Message.Status.RETRACTED,
+            cancelled=F("cancelled") + cancelled,
+            finished_at=timezone.now(),
+        )
+    message.refresh_from_db()
+    return {
+        "cancelled": cancelled,
+        "sent": message.sent,
+        "in_flight": _count(message, Delivery.Status.SENDING),
+    }
+
+
+def _count(message: Message, status: str) -> int:
+    return Delivery.objects.filter(message=message, status=status).count()
+
+
+def material_create(*, channel: Channel, upload: UploadedFile, hours: int) -> Material:
+    if not 1 <= hours <= 168:
+        raise SendRefused(4004, _("time_to_live: must be 1 to 168 hours"))
+    if upload.size > settings.UMS_MATERIAL_MAX_BYTES:
+        raise SendRefused(
+            4004,
+            _("file: larger than %(mb)d MB") % {"mb": settings.UMS_MATERIAL_MAX_BYTES // 2**20},
+            status=413,
+        )
+    return Material.objects.create(
+        channel=channel,
+        file=upload,
+        name=(upload.name or "attachment")[:255],
+        content_type=upload.content_type or "application/octet-stream",
+        size=upload.size,
+        expires_at=timezone.now() + timedelta(hours=hours),
+    )
 
 
 def captured_email_store(

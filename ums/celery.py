@@ -13,8 +13,19 @@ app = Celery("ums")
 
 def broker_settings(settings: Any) -> dict[str, Any]:
     """Redis (or any URL) when configured; otherwise a file-system queue under var/."""
-    options = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    options: dict[str, Any] = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
     if settings.CELERY_BROKER_URL:
+        # Priorities 1-3 of a message become separate Redis lists, served high first; short
+        # socket timeouts keep a web request from hanging on a broker that is down.
+        options.update(
+            {
+                "priority_steps": [0, 3, 6, 9],
+                "sep": ":",
+                "queue_order_strategy": "priority",
+                "socket_connect_timeout": 2,
+                "socket_timeout": 5,
+            }
+        )
         return {"broker_url": settings.CELERY_BROKER_URL, "broker_transport_options": options}
     folder = Path(settings.CELERY_BROKER_FOLDER)
     for sub in ("queue", "control"):
@@ -52,6 +63,7 @@ def celery_config() -> dict[str, Any]:
         # Publishing must never hang a web request when the broker is down.
         broker_connection_timeout=3,
         broker_connection_max_retries=1,
+        task_publish_retry=False,
         timezone=settings.TIME_ZONE,
         beat_schedule_filename=settings.CELERY_BEAT_SCHEDULE_FILE,
         beat_schedule=beat_schedule(settings),
@@ -59,7 +71,12 @@ def celery_config() -> dict[str, Any]:
 
 
 def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
-    schedule: dict[str, dict[str, Any]] = {}
+    schedule: dict[str, dict[str, Any]] = {
+        "messaging-sweep": {
+            "task": "messaging.tasks.sweep",
+            "schedule": settings.UMS_SWEEP_INTERVAL,
+        }
+    }
     if settings.UMS_SENDER_HEALTH_INTERVAL:
         schedule["senders-check-health"] = {
             "task": "channels_app.tasks.senders_check_health",

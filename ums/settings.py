@@ -155,6 +155,16 @@ UMS_IMPORT_MAX_UNZIPPED_BYTES = env_int(
     env, "UMS_IMPORT_MAX_UNZIPPED_BYTES", default=2 * 1024 * 1024 * 1024, minimum=1
 )
 UMS_IMPORT_SYNC_ROWS = env_int(env, "UMS_IMPORT_SYNC_ROWS", default=5000)
+# The delivery pipeline.
+UMS_DELIVERY_BATCH_SIZE = env_int(env, "UMS_DELIVERY_BATCH_SIZE", default=200, minimum=1)
+UMS_DELIVERY_MAX_ATTEMPTS = env_int(env, "UMS_DELIVERY_MAX_ATTEMPTS", default=5, minimum=1)
+UMS_DELIVERY_RETRY_BASE = env_positive(env, "UMS_DELIVERY_RETRY_BASE", default=30.0)
+# Seconds a claimed delivery may stay "sending" before the sweeper takes it back (a dead worker).
+UMS_DELIVERY_LEASE = env_int(env, "UMS_DELIVERY_LEASE", default=600, minimum=1)
+# Seconds a queued message or batch may wait for its task before the sweeper queues it again.
+UMS_DISPATCH_GRACE = env_int(env, "UMS_DISPATCH_GRACE", default=120, minimum=1)
+UMS_SWEEP_INTERVAL = env_positive(env, "UMS_SWEEP_INTERVAL", default=15.0)
+UMS_MATERIAL_MAX_BYTES = env_int(env, "UMS_MATERIAL_MAX_BYTES", default=10 * 1024 * 1024, minimum=1)
 UMS_MAILCATCHER_PORT = env_int(env, "UMS_MAILCATCHER_PORT", default=1025, minimum=1, maximum=65535)
 
 # --- Celery ------------------------------------------------------------------------------

@@ -1,0 +1,344 @@
+"""The delivery pipeline: resolve a message's audience into Delivery rows, then send in batches.
+
+Claim, then send, then record: a batch claims its rows in a short transaction, talks SMTP
+outside any transaction over one connection, and records the results with a few bulk updates.
+A duplicate task finds nothing left to claim.
+"""
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from channels_app import services as channel_services
+from channels_app.models import EmailSender
+from channels_app.services import ConnectionCheck
+from channels_app.smtp import (
+    SENDER_FAILURES,
+    Failure,
+    FailureKind,
+    SenderEmailBackend,
+    classify_failure,
+)
+from messaging import audience as audiences
+from messaging.mime import message_id_for, message_template, stamp
+from messaging.models import Delivery, Message
+
+logger = logging.getLogger(__name__)
+
+WRITE_CHUNK = 5000
+OPEN = (Delivery.Status.PENDING, Delivery.Status.SENDING, Delivery.Status.RETRYING)
+
+
+# --- resolving --------------------------------------------------------------------------------
+
+
+def message_resolve(*, message_id: int) -> list[int]:
+    """Write one Delivery per recipient; returns the batches that have something to send.
+
+    Safe to run again (a worker lost in the middle): it starts over from a clean slate, which is
+    possible because no batch is queued before the whole audience is written.
+    """
+    claimed = Message.objects.filter(
+        pk=message_id, status__in=[Message.Status.QUEUED, Message.Status.RESOLVING]
+    ).update(status=Message.Status.RESOLVING, dispatched_at=timezone.now())
+    if not claimed:
+        return []
+    message = Message.objects.select_related("channel").get(pk=message_id)
+    with transaction.atomic():
+        Delivery.objects.filter(message=message).delete()
+        total, invalid, batches = _write_deliveries(message)
+        Message.objects.filter(pk=message.pk).update(
+            status=Message.Status.SENDING if batches else Message.Status.DONE,
+            total=total,
+            invalid=invalid,
+            finished_at=None if batches else timezone.now(),
+        )
+    return sorted(batches)
+
+
+def _recipients(message: Message) -> Iterator[audiences.Recipient]:
+    key = message.channel.channel_key
+    aud = message.audience
+    if aud.get("broadcast"):
+        return audiences.resolve_everyone(channel_key=key)
+    if aud.get("email"):
+        return audiences.resolve_addresses(emails=aud["email"])
+    if aud.get("tag"):
+        return audiences.resolve_tags(channel_key=key, tags=aud["tag"])
+    return audiences.resolve_userids(channel_key=key, userids=aud.get("userid", []))
+
+
+def _write_deliveries(message: Message) -> tuple[int, int, set[int]]:
+    size = settings.UMS_DELIVERY_BATCH_SIZE
+    total = invalid = sendable = 0
+    batches: set[int] = set()
+    rows: list[Delivery] = []
+    for recipient in _recipients(message):
+        total += 1
+        if recipient.email:
+            batch = sendable // size
+            sendable += 1
+            batches.add(batch)
+            rows.append(
+                Delivery(
+                    message=message, batch=batch, userid=recipient.userid, email=recipient.email
+                )
+            )
+        else:
+            invalid += 1
+            rows.append(
+                Delivery(
+                    message=message,
+                    batch=0,
+                    userid=recipient.userid,
+                    status=Delivery.Status.INVALID,
+                )
+            )
+        if len(rows) >= WRITE_CHUNK:
+            Delivery.objects.bulk_create(rows)
+            rows = []
+    Delivery.objects.bulk_create(rows)
+    return total, invalid, batches
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchOutcome:
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    retry_in: float | None = None  # seconds until the earliest retry, if any
+    sender_failure: Failure | None = None
+
+
+@dataclass
+class _Results:
+    sent: list[Delivery] = field(default_factory=list)
+    failed: list[Delivery] = field(default_factory=list)
+    retry: list[Delivery] = field(default_factory=list)
+
+
+def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
+    message = Message.objects.select_related("sender", "channel").get(pk=message_id)
+    if message.status == Message.Status.RETRACTED:
+        return BatchOutcome()
+    if sender_is_broken(message.sender):
+        # Logging in again with a refused password risks locking the account: the rows wait
+        # (pending) until someone fixes the sender, which clears its health.
+        return BatchOutcome(
+            sender_failure=Failure(FailureKind.AUTH, None, message.sender.health_error)
+        )
+    claimed = _claim(message, batch)
+    if not claimed:
+        return BatchOutcome()
+    results, sender_failure = _send(message, claimed)
+    outcome = _record(message, results, claimed, sender_failure)
+    if sender_failure is not None:
+        _mark_sender(message.sender, sender_failure)
+    message_finish_if_done(message_id=message.pk)
+    return outcome
+
+
+def _claim(message: Message, batch: int) -> list[Delivery]:
+    now = timezone.now()
+    due = Q(status=Delivery.Status.PENDING) | Q(
+        status=Delivery.Status.RETRYING, next_attempt_at__lte=now
+    )
+    with transaction.atomic():
+        rows = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(due, message=message, batch=batch)
+            .only("pk", "email", "attempts")
+        )
+        Delivery.objects.filter(pk__in=[r.pk for r in rows]).update(
+            status=Delivery.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
+        )
+    for row in rows:
+        row.attempts += 1
+    return rows
+
+
+def _send(message: Message, claimed: list[Delivery]) -> tuple[_Results, Failure | None]:
+    """SMTP I/O, outside any transaction: one connection, one recipient per message."""
+    results = _Results()
+    template = message_template(message)
+    envelope_from = message.sender.from_address
+    backend = SenderEmailBackend(message.sender.smtp_config())
+    broken_connections = 0
+    try:
+        for index, delivery in enumerate(claimed):
+            message_id = message_id_for(message, delivery.pk)
+            try:
+                reply = backend.send_raw(
+                    envelope_from=envelope_from,
+                    recipient=delivery.email,
+                    message=stamp(template, to=delivery.email, message_id=message_id),
+                )
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is sorted and recorded
+                failure = classify_failure(exc)
+                if failure.sender_problem:
+                    results.retry.extend(claimed[index:])
+                    for row in claimed[index:]:
+                        _note(row, failure)
+                    return results, failure
+                _note(delivery, failure)
+                (results.retry if failure.retryable else results.failed).append(delivery)
+                if failure.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):
+                    backend.close()  # the next recipient reconnects
+                    broken_connections += 1
+                    if broken_connections >= 2:  # the server is gone: retry the rest later
+                        results.retry.extend(claimed[index + 1 :])
+                        return results, None
+                continue
+            broken_connections = 0
+            delivery.smtp_code, delivery.smtp_reply = reply.code, reply.text[:500]
+            delivery.smtp_message_id = message_id
+            results.sent.append(delivery)
+    except SoftTimeLimitExceeded:
+        # Out of time: what was not recorded goes back for a retry (see _record).
+        logger.warning("batch of message %s stopped at its soft time limit", message.msgid)
+    finally:
+        backend.close()
+    return results, None
+
+
+def _note(delivery: Delivery, failure: Failure) -> None:
+    delivery.smtp_code = failure.code
+    delivery.smtp_reply = failure.text[:500]
+
+
+def _record(
+    message: Message, results: _Results, claimed: list[Delivery], sender_failure: Failure | None
+) -> BatchOutcome:
+    now = timezone.now()
+    outcome = BatchOutcome(sender_failure=sender_failure)
+    handled = (
+        {d.pk for d in results.sent}
+        | {d.pk for d in results.failed}
+        | {d.pk for d in results.retry}
+    )
+    # Rows neither sent nor failed (a soft time limit in the middle) go back for a retry.
+    results.retry.extend(d for d in claimed if d.pk not in handled)
+    for delivery in results.sent:
+        delivery.status, delivery.sent_at, delivery.claimed_at = Delivery.Status.SENT, now, None
+    for delivery in results.retry:
+        if delivery.attempts >= settings.UMS_DELIVERY_MAX_ATTEMPTS and sender_failure is None:
+            results.failed.append(delivery)
+            continue
+        delay = retry_delay(delivery.attempts)
+        delivery.status, delivery.next_attempt_at, delivery.claimed_at = (
+            Delivery.Status.RETRYING,
+            now + delay,
+            None,
+        )
+        outcome.retrying += 1
+        seconds = delay.total_seconds()
+        outcome.retry_in = seconds if outcome.retry_in is None else min(outcome.retry_in, seconds)
+    for delivery in results.failed:
+        delivery.status, delivery.claimed_at = Delivery.Status.FAILED, None
+    fields = [
+        "status",
+        "smtp_code",
+        "smtp_reply",
+        "smtp_message_id",
+        "sent_at",
+        "next_attempt_at",
+        "claimed_at",
+    ]
+    with transaction.atomic():
+        Delivery.objects.bulk_update(
+            results.sent + results.failed + results.retry, fields, batch_size=1000
+        )
+        outcome.sent, outcome.failed = len(results.sent), len(results.failed)
+        Message.objects.filter(pk=message.pk).update(
+            sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed
+        )
+    return outcome
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff: base, 4 x base, 16 x base ... capped at an hour."""
+    base = settings.UMS_DELIVERY_RETRY_BASE
+    return timedelta(seconds=min(3600.0, base * 4 ** max(0, attempts - 1)))
+
+
+def sender_is_broken(sender: EmailSender) -> bool:
+    return sender.health == EmailSender.Health.FAILED and sender.health_error_kind in {
+        kind.value for kind in SENDER_FAILURES
+    }
+
+
+def _mark_sender(sender: EmailSender, failure: Failure) -> None:
+    """A login or TLS failure is the sender's, not the message's: show it on the sender."""
+    check = ConnectionCheck(ok=False, sender_code=sender.code, failure=failure)
+    channel_services.sender_record_check(sender=sender, check=check)
+
+
+def message_finish_if_done(*, message_id: int) -> bool:
+    if Delivery.objects.filter(message_id=message_id, status__in=OPEN).exists():
+        return False
+    return bool(
+        Message.objects.filter(pk=message_id, status=Message.Status.SENDING).update(
+            status=Message.Status.DONE, finished_at=timezone.now()
+        )
+    )
+
+
+# --- sweeping ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    messages: list[int] = field(default_factory=list)
+    batches: list[tuple[int, int]] = field(default_factory=list)
+    released: int = 0
+
+
+def sweep(*, now: datetime | None = None) -> SweepOutcome:
+    """What the broker may have lost: undispatched messages, stuck claims, overdue batches.
+
+    Safe to run twice: it only hands work to tasks that claim before they act, and it waits
+    UMS_DISPATCH_GRACE before handing out the same message's batches again.
+    """
+    now = now or timezone.now()
+    outcome = SweepOutcome()
+    lease = timedelta(seconds=settings.UMS_DELIVERY_LEASE)
+    overdue = now - timedelta(seconds=settings.UMS_DISPATCH_GRACE)
+    # Rows claimed by a worker that died go back for a retry (their attempt counted).
+    stuck = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_at__lt=now - lease)
+    released = set(stuck.values_list("message_id", "batch").distinct().order_by())
+    outcome.released = stuck.update(
+        status=Delivery.Status.RETRYING, next_attempt_at=now, claimed_at=None
+    )
+    outcome.messages = list(
+        Message.objects.filter(
+            Q(status=Message.Status.QUEUED, created_at__lt=overdue)
+            | Q(status=Message.Status.RESOLVING, dispatched_at__lt=now - lease)
+            | Q(status=Message.Status.SCHEDULED, send_at__lte=now)
+        ).values_list("pk", flat=True)[:1000]
+    )
+    Message.objects.filter(pk__in=outcome.messages, status=Message.Status.SCHEDULED).update(
+        status=Message.Status.QUEUED
+    )
+    waiting = Q(status=Delivery.Status.PENDING) | Q(
+        status=Delivery.Status.RETRYING, next_attempt_at__lte=overdue
+    )
+    lost = Delivery.objects.filter(
+        waiting, message__status=Message.Status.SENDING, message__dispatched_at__lt=overdue
+    )
+    batches = released | set(lost.values_list("message_id", "batch").distinct().order_by()[:5000])
+    outcome.batches = sorted(batches)
+    # Touch the messages handed out again, so that the next sweep gives their tasks time to run.
+    Message.objects.filter(pk__in={m for m, _b in batches}).update(dispatched_at=now)
+    return outcome

@@ -1,0 +1,42 @@
+"""Celery tasks of the pipeline: thin, taking ids; the work is in messaging.sending.
+
+Every task is safe to run twice: each claims its rows before it acts.
+"""
+
+from celery import shared_task
+from django.conf import settings
+
+from messaging import sending
+from messaging.models import Message
+from messaging.services import celery_priority
+
+
+@shared_task(ignore_result=True)
+def message_dispatch(message_id: int) -> int:
+    batches = sending.message_resolve(message_id=message_id)
+    priority = celery_priority(
+        Message.objects.values_list("priority", flat=True).get(pk=message_id)
+    )
+    for batch in batches:
+        deliver_batch.apply_async(args=[message_id, batch], priority=priority)
+    return len(batches)
+
+
+@shared_task(ignore_result=True)
+def deliver_batch(message_id: int, batch: int) -> int:
+    outcome = sending.batch_send(message_id=message_id, batch=batch)
+    if outcome.retry_in is not None and outcome.retry_in < settings.CELERY_VISIBILITY_TIMEOUT / 2:
+        # Short waits ride on a countdown (kept well inside the broker's visibility timeout,
+        # past which Redis would hand the task out twice); the sweeper takes the long ones.
+        deliver_batch.apply_async(args=[message_id, batch], countdown=outcome.retry_in)
+    return outcome.sent
+
+
+@shared_task(ignore_result=True)
+def sweep() -> int:
+    outcome = sending.sweep()
+    for message_id in outcome.messages:
+        message_dispatch.delay(message_id)
+    for message_id, batch in outcome.batches:
+        deliver_batch.delay(message_id, batch)
+    return len(outcome.messages) + len(outcome.batches)
