@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from channels_app import services as channel_services
@@ -202,8 +202,7 @@ def _send(message: Message, claimed: list[Delivery]) -> tuple[_Results, Failure 
                         return results, None
                 continue
             broken_connections = 0
-            delivery.smtp_code, delivery.smtp_reply = reply.code, reply.text[:500]
-            delivery.smtp_message_id = message_id
+            _record_sent(delivery.pk, reply.code, reply.text[:500], message_id)
             results.sent.append(delivery)
     except SoftTimeLimitExceeded:
         # Out of time: what was not recorded goes back for a retry (see _record).
@@ -211,6 +210,22 @@ def _send(message: Message, claimed: list[Delivery]) -> tuple[_Results, Failure 
     finally:
         backend.close()
     return results, None
+
+
+_SENT_SQL = (
+    "UPDATE messaging_delivery SET status = %s, smtp_code = %s, smtp_reply = %s, "
+    "smtp_message_id = %s, sent_at = %s, updated_at = %s, claimed_at = NULL WHERE id = %s"
+)
+
+
+def _record_sent(delivery_id: int, code: int, reply: str, message_id: str) -> None:
+    """Recorded the moment the server accepted it: if this worker dies now, only the email in
+    flight can be sent again, never the ones before it."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SENT_SQL, [Delivery.Status.SENT, code, reply, message_id, now, now, delivery_id]
+        )
 
 
 def _note(delivery: Delivery, failure: Failure) -> None:
@@ -230,8 +245,6 @@ def _record(
     )
     # Rows neither sent nor failed (a soft time limit in the middle) go back for a retry.
     results.retry.extend(d for d in claimed if d.pk not in handled)
-    for delivery in results.sent:
-        delivery.status, delivery.sent_at, delivery.claimed_at = Delivery.Status.SENT, now, None
     for delivery in results.retry:
         if delivery.attempts >= settings.UMS_DELIVERY_MAX_ATTEMPTS and sender_failure is None:
             results.failed.append(delivery)
@@ -257,9 +270,7 @@ def _record(
         "claimed_at",
     ]
     with transaction.atomic():
-        Delivery.objects.bulk_update(
-            results.sent + results.failed + results.retry, fields, batch_size=1000
-        )
+        Delivery.objects.bulk_update(results.failed + results.retry, fields, batch_size=1000)
         outcome.sent, outcome.failed = len(results.sent), len(results.failed)
         Message.objects.filter(pk=message.pk).update(
             sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed
@@ -288,10 +299,29 @@ def _mark_sender(sender: EmailSender, failure: Failure) -> None:
 def message_finish_if_done(*, message_id: int) -> bool:
     if Delivery.objects.filter(message_id=message_id, status__in=OPEN).exists():
         return False
-    return bool(
-        Message.objects.filter(pk=message_id, status=Message.Status.SENDING).update(
-            status=Message.Status.DONE, finished_at=timezone.now()
-        )
+    finished = Message.objects.filter(pk=message_id, status=Message.Status.SENDING).update(
+        status=Message.Status.DONE, finished_at=timezone.now()
+    )
+    if finished:
+        message_recount(message_id=message_id)
+    return bool(finished)
+
+
+def message_recount(*, message_id: int) -> None:
+    """Counters from the deliveries themselves. Batches add to the counters as they go; a worker
+    killed between sending and adding leaves them short, so the final numbers are counted."""
+    counts = dict(
+        Delivery.objects.filter(message_id=message_id)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    Message.objects.filter(pk=message_id).update(
+        total=sum(counts.values()),
+        sent=counts.get(Delivery.Status.SENT, 0),
+        failed=counts.get(Delivery.Status.FAILED, 0),
+        invalid=counts.get(Delivery.Status.INVALID, 0),
+        cancelled=counts.get(Delivery.Status.CANCELLED, 0),
     )
 
 

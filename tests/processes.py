@@ -36,16 +36,26 @@ def child_env(**extra: str) -> dict[str, str]:
 @contextmanager
 def running(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group, so that the whole of it (a worker's pool too) can be stopped.
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             yield process
         finally:
-            process.send_signal(signal.SIGTERM)
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def celery_worker(env: dict[str, str], log_path: Path) -> "contextmanager":
@@ -72,3 +82,22 @@ def port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def redis_server(port: int, log_path: Path) -> Iterator[subprocess.Popen]:
+    """A Redis of the test's own, without persistence, so that the test may restart it."""
+    args = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    with running(args, dict(os.environ), log_path) as process:
+        wait_for(lambda: port_open(port), timeout=10, what=f"redis on {port}", log_path=log_path)
+        yield process

@@ -1,0 +1,158 @@
+"""Nothing is lost when a worker is killed or Redis restarts, and little is sent twice.
+
+Real processes: Redis, Celery workers and an aiosmtpd server that counts what it accepts.
+"""
+
+import asyncio
+import os
+import shutil
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from channels_app import services as channel_services
+from messaging import sending, tasks
+from messaging.models import Delivery, Message
+from messaging.services import Audience, Content, Options, message_create
+from tests.processes import celery_worker, child_env, redis_server, wait_for
+from tests.smtp_server import SmtpTestServer, free_port
+from ums.celery import app as celery_app
+from users_app.models import UmsUser, UserEmailBinding
+
+pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+WORKER_SETTINGS = {
+    "UMS_DELIVERY_BATCH_SIZE": "25",
+    "UMS_DELIVERY_LEASE": "2",
+    "UMS_DISPATCH_GRACE": "1",
+    "UMS_DELIVERY_RETRY_BASE": "0.5",
+}
+
+
+class SlowHandler:
+    """Accepts everything, a little slowly, so a worker can be killed in the middle of a batch."""
+
+    def __init__(self, recorder, delay: float) -> None:
+        self.recorder = recorder
+        self.delay = delay
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        await asyncio.sleep(self.delay)
+        self.recorder.messages.append(envelope)
+        return "250 2.0.0 Ok"
+
+
+@pytest.fixture
+def slow_shop(db, make_sender):
+    with SmtpTestServer(mode="plain", require_auth=False) as server:
+        server.controller.handler = SlowHandler(server.recorder, delay=0.02)
+        channel, _secret = channel_services.channel_create(name="Shop")
+        sender = make_sender(server, account="", password="")
+        channel_services.channel_authorize_sender(channel=channel, sender=sender)
+        yield channel, server
+
+
+def users(count: int) -> list[str]:
+    ids = [f"u{i:04d}" for i in range(count)]
+    created = UmsUser.objects.bulk_create([UmsUser(userid=i) for i in ids])
+    UserEmailBinding.objects.bulk_create(
+        [UserEmailBinding(user=u, bind_id="all", email=f"{u.userid}@example.com") for u in created]
+    )
+    return ids
+
+
+def create(channel, userids: list[str]) -> Message:
+    message, _created = message_create(
+        channel=channel,
+        audience=Audience(userids=userids),
+        content=Content(subject="Hello", text="Hi"),
+        options=Options(),
+        source="api",
+    )
+    return message
+
+
+def publish(url: str, task, *args) -> None:
+    with celery_app.connection_for_write(url) as conn:
+        task.apply_async(args=list(args), connection=conn)
+
+
+def received(server) -> Counter:
+    return Counter(envelope.rcpt_tos[0] for envelope in server.recorder.messages)
+
+
+def sweep_until_done(url: str, message: Message, server, log: Path, *, expected: int) -> None:
+    def done() -> bool:
+        outcome = sending.sweep()
+        for message_id in outcome.messages:
+            publish(url, tasks.message_dispatch, message_id)
+        for message_id, batch in outcome.batches:
+            publish(url, tasks.deliver_batch, message_id, batch)
+        message.refresh_from_db()
+        return message.status == Message.Status.DONE and len(received(server)) == expected
+
+    wait_for(done, timeout=90, what="every recipient to be delivered", log_path=log)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_killing_the_worker_mid_batch_loses_nothing(slow_shop, settings, tmp_path):
+    settings.UMS_DELIVERY_LEASE = 2
+    settings.UMS_DISPATCH_GRACE = 1
+    channel, server = slow_shop
+    message = create(channel, users(150))
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    log = tmp_path / "worker.log"
+    env = child_env(CELERY_BROKER_URL=url, **WORKER_SETTINGS)
+
+    with redis_server(port, tmp_path / "redis.log"):
+        with celery_worker(env, tmp_path / "first-worker.log") as first:
+            publish(url, tasks.message_dispatch, message.pk)
+            wait_for(
+                lambda: len(server.recorder.messages) >= 40,
+                timeout=60,
+                what="sending to start",
+                log_path=tmp_path / "first-worker.log",
+            )
+            os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool, without warning
+            first.wait()
+        sent_before_kill = len(server.recorder.messages)
+        assert sent_before_kill < 150  # it really died in the middle
+        with celery_worker(env, log):
+            sweep_until_done(url, message, server, log, expected=150)
+
+    counts = received(server)
+    duplicates = sum(n - 1 for n in counts.values())
+    assert len(counts) == 150
+    assert duplicates <= 1  # at most the one in flight when the worker died
+    assert set(message.deliveries.values_list("status", flat=True)) == {Delivery.Status.SENT}
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_redis_restart_without_persistence_loses_nothing(slow_shop, settings, tmp_path):
+    settings.UMS_DISPATCH_GRACE = 1
+    channel, server = slow_shop
+    ids = users(60)
+    queued = create(channel, ids[:30])  # its dispatch task will be lost
+    resolved = create(channel, ids[30:])  # resolved, but its batch tasks will be lost
+    sending.message_resolve(message_id=resolved.pk)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    log = tmp_path / "worker.log"
+
+    with redis_server(port, tmp_path / "redis-1.log"):
+        publish(url, tasks.message_dispatch, queued.pk)
+        for batch in resolved.deliveries.values_list("batch", flat=True).distinct():
+            publish(url, tasks.deliver_batch, resolved.pk, batch)
+    # Redis went away with its queue; a new one starts empty.
+    with (
+        redis_server(port, tmp_path / "redis-2.log"),
+        celery_worker(child_env(CELERY_BROKER_URL=url, **WORKER_SETTINGS), log),
+    ):
+        sweep_until_done(url, queued, server, log, expected=60)
+        resolved.refresh_from_db()
+
+    assert resolved.status == Message.Status.DONE
+    assert sorted(received(server).values()) == [1] * 60
