@@ -11,21 +11,23 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ums.settings")
 app = Celery("ums")
 
 
+# Priorities 1-3 of a message become separate Redis lists, served high first; short socket
+# timeouts keep a web request from hanging on a broker that is down.
+REDIS_OPTIONS: dict[str, Any] = {
+    "priority_steps": [0, 3, 6, 9],
+    "sep": ":",
+    "queue_order_strategy": "priority",
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+
+
 def broker_settings(settings: Any) -> dict[str, Any]:
     """Redis (or any URL) when configured; otherwise a file-system queue under var/."""
     options: dict[str, Any] = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
     if settings.CELERY_BROKER_URL:
-        # Priorities 1-3 of a message become separate Redis lists, served high first; short
-        # socket timeouts keep a web request from hanging on a broker that is down.
-        options.update(
-            {
-                "priority_steps": [0, 3, 6, 9],
-                "sep": ":",
-                "queue_order_strategy": "priority",
-                "socket_connect_timeout": 2,
-                "socket_timeout": 5,
-            }
-        )
+        if settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+            options.update(REDIS_OPTIONS)
         return {"broker_url": settings.CELERY_BROKER_URL, "broker_transport_options": options}
     folder = Path(settings.CELERY_BROKER_FOLDER)
     for sub in ("queue", "control"):

@@ -15,9 +15,10 @@ import pytest
 from channels_app import services as channel_services
 from messaging import sending, tasks
 from messaging.models import Delivery, Message
-from messaging.services import Audience, Content, Options, message_create
+from messaging.services import Audience, Content, Options, celery_priority, message_create
 from tests.processes import celery_worker, child_env, redis_server, wait_for
 from tests.smtp_server import SmtpTestServer, free_port
+from ums.celery import REDIS_OPTIONS
 from ums.celery import app as celery_app
 from users_app.models import UmsUser, UserEmailBinding
 
@@ -74,9 +75,9 @@ def create(channel, userids: list[str]) -> Message:
     return message
 
 
-def publish(url: str, task, *args) -> None:
-    with celery_app.connection_for_write(url) as conn:
-        task.apply_async(args=list(args), connection=conn)
+def publish(url: str, task, *args, priority: int | None = None) -> None:
+    with celery_app.connection_for_write(url, transport_options=REDIS_OPTIONS) as conn:
+        task.apply_async(args=list(args), connection=conn, priority=priority)
 
 
 def received(server) -> Counter:
@@ -156,3 +157,29 @@ def test_a_redis_restart_without_persistence_loses_nothing(slow_shop, settings, 
 
     assert resolved.status == Message.Status.DONE
     assert sorted(received(server).values()) == [1] * 60
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_high_priority_messages_go_first(slow_shop, tmp_path):
+    channel, server = slow_shop
+    ids = users(4)
+    low = [create(channel, [userid]) for userid in ids[:3]]
+    high = create(channel, ids[3:])
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    log = tmp_path / "worker.log"
+
+    with redis_server(port, tmp_path / "redis.log"):
+        # Queued while no worker runs: three low-priority messages, then a high one.
+        for message in low:
+            publish(url, tasks.message_dispatch, message.pk, priority=celery_priority(3))
+        publish(url, tasks.message_dispatch, high.pk, priority=celery_priority(1))
+        with celery_worker(child_env(CELERY_BROKER_URL=url, **WORKER_SETTINGS), log):
+            wait_for(
+                lambda: len(server.recorder.messages) == 4,
+                timeout=60,
+                what="all four",
+                log_path=log,
+            )
+
+    assert server.recorder.messages[0].rcpt_tos == [f"{ids[3]}@example.com"]
