@@ -83,6 +83,16 @@ class ChannelAdmin(admin.ModelAdmin):
         else:
             request._ums_new_secret = services.channel_save_new(channel=obj)
 
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        """The confirmation also counts the bindings and tags scoped to the channels' keys."""
+        from users_app.selectors import scope_counts
+
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        counts = [scope_counts(bind_id=channel.channel_key) for channel in objs]
+        model_count[_("email bindings of the channel")] = sum(c["bindings"] for c in counts)
+        model_count[_("tags of the channel")] = sum(c["tags"] for c in counts)
+        return deleted, model_count, perms_needed, protected
+
     def delete_model(self, request: HttpRequest, obj: Channel) -> None:
         services.channel_delete(channel=obj)
 

@@ -1,15 +1,21 @@
-"""Console pages for messaging. For now: the local mail catcher's inbox."""
+"""Console pages for messaging: the send history down to each recipient, and the mail catcher."""
 
 from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib import messages as flash
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext as gettext_now
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
-from messaging.models import CapturedEmail
+from messaging.models import CapturedEmail, Delivery, Message
+from messaging.services import SendRefused, message_retract
 
 
 class CapturedEmailAdmin(admin.ModelAdmin):
@@ -71,3 +77,79 @@ class CapturedEmailAdmin(admin.ModelAdmin):
 
 if settings.UMS_MAILCATCHER:
     admin.site.register(CapturedEmail, CapturedEmailAdmin)
+
+
+class ReadOnlyMixin:
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["msgid", "channel", "subject", "source", "status", "progress", "created_at"]
+    list_filter = ["status", "source", "channel", "priority"]
+    list_select_related = ["channel"]
+    search_fields = ["=msgid", "=sendno", "subject"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    actions = ["retract"]
+    exclude = ["materials"]
+
+    @admin.display(description=_("progress"))
+    def progress(self, message: Message) -> str:
+        url = reverse("admin:messaging_delivery_changelist") + f"?message__id__exact={message.pk}"
+        return format_html(
+            '<a href="{}">{}</a>',
+            url,
+            gettext_now(
+                "%(sent)d sent, %(failed)d failed, %(invalid)d invalid, %(pending)d pending"
+            )
+            % {
+                "sent": message.sent,
+                "failed": message.failed,
+                "invalid": message.invalid,
+                "pending": message.pending,
+            },
+        )
+
+    def has_retract_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("messaging.retract_message")
+
+    @admin.action(description=_("Retract: cancel what has not been sent"), permissions=["retract"])
+    def retract(self, request: HttpRequest, queryset: QuerySet) -> None:
+        cancelled = 0
+        for message in queryset:
+            try:
+                cancelled += message_retract(message=message)["cancelled"]
+            except SendRefused as exc:
+                self.message_user(request, f"{message.msgid}: {exc.message}", flash.WARNING)
+        self.message_user(
+            request,
+            ngettext("%(count)d delivery cancelled.", "%(count)d deliveries cancelled.", cancelled)
+            % {"count": cancelled},
+        )
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = [
+        "message",
+        "userid",
+        "email",
+        "status",
+        "attempts",
+        "smtp_code",
+        "smtp_reply",
+        "sent_at",
+    ]
+    list_filter = ["status"]
+    list_select_related = ["message"]
+    search_fields = ["=email", "=userid", "=message__msgid"]
+    show_full_result_count = False
+    raw_id_fields = ["message"]

@@ -89,6 +89,7 @@ class Message(models.Model):
         verbose_name = _("message")
         verbose_name_plural = _("messages")
         ordering = ["-created_at"]
+        permissions = [("retract_message", _("Can retract messages"))]
         indexes = [
             models.Index(fields=["channel", "sendno", "created_at"], name="message_sendno_idx"),
             models.Index(fields=["status", "created_at"], name="message_status_idx"),

@@ -109,6 +109,7 @@ def test_production_without_redis_or_postgresql_is_warned_about(monkeypatch):
     production = SimpleNamespace(
         DEBUG=False,
         CELERY_BROKER_URL="",
+        CELERY_BROKER_FOLDER="/srv/ums/broker",
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3"}},
     )
     monkeypatch.setattr(checks, "settings", production)

@@ -77,7 +77,8 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
         "messaging-sweep": {
             "task": "messaging.tasks.sweep",
             "schedule": settings.UMS_SWEEP_INTERVAL,
-        }
+        },
+        "import-jobs-sweep": {"task": "users_app.tasks.import_jobs_sweep", "schedule": 300.0},
     }
     if settings.UMS_SENDER_HEALTH_INTERVAL:
         schedule["senders-check-health"] = {

@@ -50,6 +50,14 @@ def check_task_limits(app_configs: Iterable[Any] | None, **kwargs: Any) -> list[
                 id="ums.E003",
             )
         )
+    if settings.UMS_IMPORT_TIME_LIMIT + 60 >= settings.CELERY_VISIBILITY_TIMEOUT:
+        errors.append(
+            Error(
+                "UMS_IMPORT_TIME_LIMIT plus a minute must be below CELERY_VISIBILITY_TIMEOUT, or "
+                "a long upload would be handed to a second worker while the first still runs.",
+                id="ums.E005",
+            )
+        )
     if settings.UMS_SMTP_TIMEOUT >= settings.CELERY_TASK_SOFT_TIME_LIMIT:
         errors.append(
             Error(
@@ -83,8 +91,8 @@ def check_production_services(app_configs: Iterable[Any] | None, **kwargs: Any) 
     if not settings.CELERY_BROKER_URL:
         warnings.append(
             Warning(
-                "CELERY_BROKER_URL is not set: tasks go through the file-system queue under "
-                "var/, which only workers on this machine can read.",
+                "CELERY_BROKER_URL is not set: tasks go through the file-system queue in "
+                f"{settings.CELERY_BROKER_FOLDER}, which only workers on this machine can read.",
                 hint="Set CELERY_BROKER_URL=redis://… (see docs/deployment.md).",
                 id="ums.W003",
             )

@@ -75,9 +75,10 @@ def env_int(
         value = int(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name}: {raw!r} is not a whole number.") from exc
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and {maximum}" if maximum is not None else ""
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}{upper}.")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}.")
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}.")
     return value
 
 

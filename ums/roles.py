@@ -26,6 +26,8 @@ ROLES: dict[str, list[str]] = {
         "channels_app.change_accesskey",
         "messaging.view_capturedemail",
         "messaging.delete_capturedemail",
+        "messaging.view_message",
+        "messaging.view_delivery",
     ],
     "Data admin": [
         "channels_app.view_channel",
@@ -42,6 +44,10 @@ ROLES: dict[str, list[str]] = {
         "users_app.view_umsuser",
         "users_app.view_useremailbinding",
         "users_app.view_usertag",
+        "messaging.add_message",
+        "messaging.view_message",
+        "messaging.retract_message",
+        "messaging.view_delivery",
     ],
     "Reviewer": [
         "channels_app.view_channel",
@@ -49,6 +55,8 @@ ROLES: dict[str, list[str]] = {
         "users_app.view_umsuser",
         "users_app.view_useremailbinding",
         "users_app.view_usertag",
+        "messaging.view_message",
+        "messaging.view_delivery",
     ],
 }
 

@@ -155,6 +155,8 @@ UMS_IMPORT_MAX_UNZIPPED_BYTES = env_int(
     env, "UMS_IMPORT_MAX_UNZIPPED_BYTES", default=2 * 1024 * 1024 * 1024, minimum=1
 )
 UMS_IMPORT_SYNC_ROWS = env_int(env, "UMS_IMPORT_SYNC_ROWS", default=5000)
+# Seconds an upload's background check or import may take (a million rows take a few minutes).
+UMS_IMPORT_TIME_LIMIT = env_int(env, "UMS_IMPORT_TIME_LIMIT", default=1800, minimum=60)
 # The delivery pipeline.
 UMS_DELIVERY_BATCH_SIZE = env_int(env, "UMS_DELIVERY_BATCH_SIZE", default=200, minimum=1)
 UMS_DELIVERY_MAX_ATTEMPTS = env_int(env, "UMS_DELIVERY_MAX_ATTEMPTS", default=5, minimum=1)

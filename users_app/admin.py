@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -21,6 +21,7 @@ from import_export.admin import ExportMixin
 from import_export.formats import base_formats
 
 from channels_app.models import Channel
+from ums.formats import size_label
 from users_app import reports, services
 from users_app.forms import ScopedForm, UploadForm
 from users_app.models import (
@@ -32,7 +33,7 @@ from users_app.models import (
     UserTag,
 )
 from users_app.resources import BindingResource
-from users_app.validation import FieldError, clean_email, clean_tag
+from users_app.validation import FieldError, clean_email, clean_tag, clean_userid
 
 SHOWN_ERRORS = 200
 
@@ -77,6 +78,18 @@ class TagFilter(admin.SimpleListFilter):
         if not self.value():
             return queryset
         return queryset.filter(tags__tag=self.value()).distinct()
+
+
+class UserForm(forms.ModelForm):
+    class Meta:
+        model = UmsUser
+        fields = ["userid"]
+
+    def clean_userid(self) -> str:
+        try:
+            return clean_userid(self.cleaned_data["userid"])
+        except FieldError as exc:
+            raise forms.ValidationError(exc.message) from exc
 
 
 class BindingForm(ScopedForm):
@@ -124,6 +137,7 @@ class TagInline(admin.TabularInline):
 
 @admin.register(UmsUser)
 class UmsUserAdmin(admin.ModelAdmin):
+    form = UserForm
     list_display = ["userid", "addresses", "created_at"]
     list_filter = [ScopeFilter, TagFilter]
     search_fields = ["userid"]
@@ -140,12 +154,13 @@ class UmsUserAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet, search_term: str
     ) -> tuple[QuerySet, bool]:
         term = search_term.strip()
-        if "@" in term:  # an address: exact, on the email index
+        if not term:
+            return queryset, False
+        by_userid = Q(userid__startswith=term)
+        if "@" in term:  # maybe an address (exact, on the email index); userids may hold @ too
             users = UserEmailBinding.objects.filter(email=term).values("user_id")
-            return queryset.filter(pk__in=users), False
-        if term:
-            return queryset.filter(userid__startswith=term), False
-        return queryset, False
+            return queryset.filter(by_userid | Q(pk__in=users)), False
+        return queryset.filter(by_userid), False
 
     @admin.display(description=gettext_lazy("email addresses"))
     def addresses(self, user: UmsUser) -> str:
@@ -263,7 +278,7 @@ class ImportJobAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "title": _("Upload users and email bindings"),
             "form": form,
-            "max_mb": settings.UMS_IMPORT_MAX_BYTES // (1024 * 1024),
+            "max_size": size_label(settings.UMS_IMPORT_MAX_BYTES),
         }
         return TemplateResponse(request, "admin/users_app/importjob/upload.html", context)
 

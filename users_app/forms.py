@@ -8,6 +8,7 @@ from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
 from channels_app.models import Channel
+from ums.formats import size_label
 from users_app.models import ALL_SCOPE
 
 
@@ -41,8 +42,8 @@ class UploadForm(forms.Form):
             raise forms.ValidationError(_("Upload an .xlsx or .csv file."))
         if upload.size > settings.UMS_IMPORT_MAX_BYTES:
             raise forms.ValidationError(
-                _("The file is larger than the limit of %(mb)d MB.")
-                % {"mb": settings.UMS_IMPORT_MAX_BYTES // (1024 * 1024)}
+                _("The file is larger than the limit of %(size)s.")
+                % {"size": size_label(settings.UMS_IMPORT_MAX_BYTES)}
             )
         return upload
 

@@ -20,12 +20,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from channels_app.models import Channel
-from users_app.models import ImportJob, ImportRow, ImportRowError, ImportTag
+from ums.formats import size_label
+from users_app.models import ALL_SCOPE, ImportJob, ImportRow, ImportRowError, ImportTag
 from users_app.validation import FieldError, clean_bind_id, clean_email, clean_tags, clean_userid
 
 COLUMNS = ("userid", "email", "bind_id", "tag")
@@ -49,8 +50,8 @@ def read_rows(path: Path) -> Iterator[list[Any]]:
     """The rows of the first sheet of an .xlsx file, or of a .csv file, as lists of cells."""
     if path.stat().st_size > settings.UMS_IMPORT_MAX_BYTES:
         raise FileRefused(
-            _("The file is larger than the limit of %(mb)d MB.")
-            % {"mb": settings.UMS_IMPORT_MAX_BYTES // (1024 * 1024)}
+            _("The file is larger than the limit of %(size)s.")
+            % {"size": size_label(settings.UMS_IMPORT_MAX_BYTES)}
         )
     with path.open("rb") as handle:
         magic = handle.read(8)
@@ -85,7 +86,8 @@ def _xlsx_rows(path: Path) -> Iterator[list[Any]]:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:
         raise FileRefused(
-            _("The workbook cannot be read: %(error)s") % {"error": _short(exc)}
+            _("The workbook cannot be read (%(kind)s): it is damaged or uses refused XML features.")
+            % {"kind": exc.__class__.__name__}
         ) from exc
     try:
         sheet = workbook.worksheets[0]
@@ -93,7 +95,8 @@ def _xlsx_rows(path: Path) -> Iterator[list[Any]]:
             yield list(row)
     except Exception as exc:
         raise FileRefused(
-            _("The workbook cannot be read: %(error)s") % {"error": _short(exc)}
+            _("The workbook cannot be read (%(kind)s): it is damaged or uses refused XML features.")
+            % {"kind": exc.__class__.__name__}
         ) from exc
     finally:
         workbook.close()
@@ -190,7 +193,10 @@ def _copy_rows(model: Any, columns: tuple[str, ...], rows: list[tuple]) -> None:
 
 
 def job_validate(job: ImportJob, *, progress: Progress | None = None) -> ImportJob:
-    """Read and check the whole file into staging; the job ends VALIDATED or REJECTED."""
+    """Read and check the whole file into staging; the job ends VALIDATED, REJECTED or FAILED.
+
+    The uploaded file is deleted afterwards (it holds people's addresses; staging has the rows).
+    """
     job_discard_staging(job, errors=True)
     _set(
         job,
@@ -199,26 +205,35 @@ def job_validate(job: ImportJob, *, progress: Progress | None = None) -> ImportJ
         processed_rows=0,
         error_count=0,
         message="",
+        attempts=F("attempts") + 1,
     )
     try:
         staging = _stage_file(job, progress)
     except FileRefused as exc:
-        _set(job, status=ImportJob.Status.FAILED, message=str(exc), finished_at=timezone.now())
-        job_discard_staging(job)
+        job_finish(job, status=ImportJob.Status.FAILED, message=str(exc))
+        return job
+    except OSError as exc:  # e.g. a worker that does not share the uploads folder
+        message = _("The uploaded file cannot be read here (%(error)s).")
+        job_finish(
+            job, status=ImportJob.Status.FAILED, message=message % {"error": exc.strerror or exc}
+        )
         return job
     conflicts = _find_conflicts(job)
     counts = _count_changes(job)
     error_count = staging.error_count + conflicts
-    status = ImportJob.Status.REJECTED if error_count else ImportJob.Status.VALIDATED
-    _set(
-        job,
-        status=status,
-        error_count=error_count,
-        total_rows=staging.read,
-        processed_rows=staging.read,
-        finished_at=timezone.now(),
-        **counts,
-    )
+    rows = {"total_rows": staging.read, "processed_rows": staging.read, "error_count": error_count}
+    if error_count:
+        job_finish(job, status=ImportJob.Status.REJECTED, **rows, **counts)
+    else:
+        job.file.delete(save=False)
+        _set(
+            job,
+            status=ImportJob.Status.VALIDATED,
+            file="",
+            finished_at=timezone.now(),
+            **rows,
+            **counts,
+        )
     return job
 
 
@@ -257,7 +272,11 @@ def _stage_row(
 ) -> None:
     def cell(name: str) -> Any:
         index = positions.get(name)
-        return cells[index] if index is not None and index < len(cells) else None
+        value = cells[index] if index is not None and index < len(cells) else None
+        # Our exports quote cells that would run as formulas ('=…); take them back as they were.
+        if isinstance(value, str) and len(value) > 1 and value[0] == "'" and value[1] in "=+-@":
+            return value[1:]
+        return value
 
     try:
         userid = clean_userid(cell("userid"))
@@ -313,8 +332,9 @@ def _count_changes(job: ImportJob) -> dict[str, int]:
             COALESCE(SUM(CASE WHEN b.id IS NOT NULL AND b.email <> s.email THEN 1 ELSE 0 END), 0),
             COALESCE(SUM(CASE WHEN b.email = s.email THEN 1 ELSE 0 END), 0)
         FROM (
-            SELECT userid, bind_id, MIN(email) AS email FROM users_app_importrow
-            WHERE job_id = %s GROUP BY userid, bind_id
+            SELECT DISTINCT userid, bind_id,
+                FIRST_VALUE(email) OVER (PARTITION BY userid, bind_id ORDER BY row) AS email
+            FROM users_app_importrow WHERE job_id = %s
         ) s
         LEFT JOIN users_app_umsuser u ON u.userid = s.userid
         LEFT JOIN users_app_useremailbinding b ON b.user_id = u.id AND b.bind_id = s.bind_id
@@ -337,20 +357,45 @@ def job_apply(job: ImportJob) -> ImportJob:
         status=ImportJob.Status.APPLYING, started_at__lt=abandoned
     )
     claimed = ImportJob.objects.filter(claimable, pk=job.pk).update(
-        status=ImportJob.Status.APPLYING, started_at=timezone.now()
+        status=ImportJob.Status.APPLYING, started_at=timezone.now(), attempts=F("attempts") + 1
     )
     if not claimed:  # applied already, or not valid: a second confirm does nothing
         job.refresh_from_db()
         return job
     try:
         with transaction.atomic():
+            _check_scopes_still_exist(job)
             applied = _apply_staging(job.pk)
+    except FileRefused as exc:
+        job_finish(job, status=ImportJob.Status.FAILED, message=str(exc))
+        return job
     except Exception as exc:
-        _set(job, status=ImportJob.Status.FAILED, message=_short(exc), finished_at=timezone.now())
+        job_finish(job, status=ImportJob.Status.FAILED, message=_short(exc))
         raise
-    job_discard_staging(job)
-    _set(job, status=ImportJob.Status.DONE, applied_rows=applied, finished_at=timezone.now())
+    job_finish(job, status=ImportJob.Status.DONE, applied_rows=applied)
     return job
+
+
+def _check_scopes_still_exist(job: ImportJob) -> None:
+    """A channel deleted between the check and the confirmation must not get bindings."""
+    staged = set(ImportRow.objects.filter(job=job).values_list("bind_id", flat=True).distinct())
+    known = set(
+        Channel.objects.filter(channel_key__in=staged).values_list("channel_key", flat=True)
+    )
+    gone = staged - known - {ALL_SCOPE}
+    if gone:
+        raise FileRefused(
+            _("The channel %(key)s was deleted after the check; upload the file again.")
+            % {"key": sorted(gone)[0]}
+        )
+
+
+def job_finish(job: ImportJob, *, status: str, **fields: Any) -> None:
+    """End a job: drop its staging rows and the uploaded file (it holds people's addresses)."""
+    job_discard_staging(job)
+    if job.file:
+        job.file.delete(save=False)
+    _set(job, status=status, finished_at=timezone.now(), file="", **fields)
 
 
 def _apply_staging(job_id: int) -> int:
@@ -400,6 +445,9 @@ def job_discard_staging(job: ImportJob, *, errors: bool = False) -> None:
 def _set(job: ImportJob, **fields: Any) -> None:
     """Update the job row at once (progress is read by other processes while we work)."""
     ImportJob.objects.filter(pk=job.pk).update(**fields)
+    if any(hasattr(value, "resolve_expression") for value in fields.values()):
+        job.refresh_from_db()
+        return
     for name, value in fields.items():
         setattr(job, name, value)
 

@@ -99,6 +99,7 @@ class ImportJob(models.Model):
     updated_count = models.PositiveIntegerField(_("updated"), default=0)
     unchanged_count = models.PositiveIntegerField(_("unchanged"), default=0)
     message = models.TextField(_("message"), blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

@@ -27,7 +27,7 @@ def template_workbook(out: IO[bytes]) -> None:
     notes = workbook.create_sheet(_("how to fill in"))
     for line in (
         _("Only the first sheet is read. Its first row names the columns; their order is free."),
-        _("userid (required): up to 64 letters, digits or _ @ ! # $ & * + = . |"),
+        _("userid (required): up to 64 letters, digits or _ @ ! # $ & * + = . | ￥"),
         _("email (required): the address to bind."),
         _(
             "bind_id (optional): `all`, or a channel's ChannelKey to bind the address to that "

@@ -44,7 +44,7 @@ def test_data_admin_uploads_previews_and_confirms(data_admin):
 
     done = data_admin.post(reverse("admin:users_app_importjob_confirm", args=[job.pk]), follow=True)
 
-    assert "2 rows imported" in done.content.decode()
+    assert "Imported: 2 rows, 2 new and 0 changed bindings." in done.content.decode()
     assert set(UserEmailBinding.objects.values_list("user__userid", "email")) == {
         ("u1", "a@example.com"),
         ("u2", "b@example.com"),
@@ -235,3 +235,57 @@ def test_data_admin_edits_a_binding_with_validation(data_admin):
     assert accepted.status_code == 302
     binding.refresh_from_db()
     assert binding.email == "New@example.com"
+
+
+def test_bindings_list_offers_upload_template_and_export(data_admin):
+    user = UmsUser.objects.create(userid="u1")
+    UserEmailBinding.objects.create(user=user, bind_id="all", email="a@example.com")
+
+    response = data_admin.get(reverse("admin:users_app_useremailbinding_changelist"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "a@example.com" in html
+    assert reverse("admin:users_app_useremailbinding_export") in html
+    assert reverse("admin:users_app_importjob_add") in html
+    assert reverse("admin:users_app_importjob_template") in html
+
+
+def test_deleting_a_channel_shows_and_removes_its_bindings(admin_client):
+    channel, _secret = channel_services.channel_create(name="Shop")
+    user = UmsUser.objects.create(userid="u1")
+    UserEmailBinding.objects.create(user=user, bind_id=channel.channel_key, email="a@example.com")
+    UserEmailBinding.objects.create(user=user, bind_id="all", email="b@example.com")
+    url = reverse("admin:channels_app_channel_delete", args=[channel.pk])
+
+    confirm = admin_client.get(url).content.decode()
+    admin_client.post(url, {"post": "yes"})
+
+    assert "Email bindings of the channel: 1" in confirm
+    assert list(UserEmailBinding.objects.values_list("email", flat=True)) == ["b@example.com"]
+
+
+def test_the_console_refuses_a_userid_the_upload_would_refuse(data_admin):
+    response = data_admin.post(
+        reverse("admin:users_app_umsuser_add"),
+        {
+            "userid": "bad id",
+            "bindings-TOTAL_FORMS": "0",
+            "bindings-INITIAL_FORMS": "0",
+            "tags-TOTAL_FORMS": "0",
+            "tags-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert "only letters" in response.content.decode()
+    assert not UmsUser.objects.exists()
+
+
+def test_a_userid_with_an_at_sign_is_found(data_admin):
+    UmsUser.objects.create(userid="zhang@shop")
+
+    html = data_admin.get(
+        reverse("admin:users_app_umsuser_changelist"), {"q": "zhang@shop"}
+    ).content.decode()
+
+    assert ">zhang@shop</a>" in html

@@ -304,3 +304,61 @@ def test_deleting_a_channel_deletes_its_bindings(tmp_path, channel):
 
     assert bindings() == {("u1", "all", "b@example.com")}
     assert not UserTag.objects.exists()
+
+
+def test_an_export_uploads_again_unchanged(tmp_path):
+    importer.job_apply(
+        upload(tmp_path, "v1.csv", csv_bytes([["@vip", "=odd@example.com", "", ""]]))
+    )
+    from users_app.resources import BindingResource
+
+    exported = BindingResource().export().export("csv").encode()
+    job = upload(tmp_path, "again.csv", exported)
+
+    assert (job.status, job.unchanged_count, job.new_count) == (ImportJob.Status.VALIDATED, 1, 0)
+
+
+def test_the_uploaded_file_is_deleted_once_checked(tmp_path):
+    job = upload(tmp_path, "users.csv", csv_bytes([["u1", "a@example.com", "", ""]]))
+
+    assert job.status == ImportJob.Status.VALIDATED
+    assert not job.file
+    assert not list((tmp_path.parent).glob("**/imports/**/users*.csv"))
+
+
+def test_a_channel_deleted_before_confirming_is_not_written_to(tmp_path, channel):
+    job = upload(
+        tmp_path, "scoped.csv", csv_bytes([["u1", "a@example.com", channel.channel_key, ""]])
+    )
+    channel_services.channel_delete(channel=channel)
+
+    importer.job_apply(job)
+
+    assert job.status == ImportJob.Status.FAILED
+    assert "was deleted" in job.message
+    assert not UserEmailBinding.objects.exists()
+
+
+def test_a_worker_that_cannot_read_the_file_fails_the_upload(tmp_path):
+    path = write(tmp_path, "users.csv", csv_bytes([["u1", "a@example.com", "", ""]]))
+    with path.open("rb") as handle:
+        job = services.import_job_create(file=File(handle), original_name="users.csv")
+    Path(job.file.path).unlink()  # as on a worker that does not share the uploads folder
+
+    importer.job_validate(job)
+
+    assert job.status == ImportJob.Status.FAILED
+    assert "cannot be read here" in job.message
+
+
+def test_a_job_is_given_up_after_three_attempts(tmp_path):
+    path = write(tmp_path, "users.csv", csv_bytes([["u1", "a@example.com", "", ""]]))
+    with path.open("rb") as handle:
+        job = services.import_job_create(file=File(handle), original_name="users.csv")
+    ImportJob.objects.filter(pk=job.pk).update(status=ImportJob.Status.VALIDATING, attempts=3)
+
+    assert tasks.import_job_validate(job.pk) is None
+
+    job.refresh_from_db()
+    assert job.status == ImportJob.Status.FAILED
+    assert "Gave up after 3 attempts" in job.message
