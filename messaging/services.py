@@ -245,3 +245,23 @@ def captured_email_store(
         subject=subject,
         raw=raw,
     )
+
+
+def materials_purge(*, now: datetime | None = None) -> int:
+    """Delete expired materials (files and rows) that no unfinished message still needs."""
+    now = now or timezone.now()
+    open_statuses = [
+        Message.Status.QUEUED,
+        Message.Status.SCHEDULED,
+        Message.Status.RESOLVING,
+        Message.Status.SENDING,
+    ]
+    expired = Material.objects.filter(expires_at__lt=now).exclude(
+        messages__status__in=open_statuses
+    )
+    count = 0
+    for material in expired.distinct().iterator():
+        material.file.delete(save=False)
+        material.delete()
+        count += 1
+    return count

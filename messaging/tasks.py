@@ -8,7 +8,7 @@ from django.conf import settings
 
 from messaging import sending
 from messaging.models import Message
-from messaging.services import celery_priority
+from messaging.services import celery_priority, materials_purge
 
 
 @shared_task(ignore_result=True)
@@ -40,3 +40,8 @@ def sweep() -> int:
     for message_id, batch in outcome.batches:
         deliver_batch.delay(message_id, batch)
     return len(outcome.messages) + len(outcome.batches)
+
+
+@shared_task(ignore_result=True)
+def purge() -> int:
+    return materials_purge()

@@ -79,6 +79,7 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
             "schedule": settings.UMS_SWEEP_INTERVAL,
         },
         "import-jobs-sweep": {"task": "users_app.tasks.import_jobs_sweep", "schedule": 300.0},
+        "messaging-purge": {"task": "messaging.tasks.purge", "schedule": 3600.0},
     }
     if settings.UMS_SENDER_HEALTH_INTERVAL:
         schedule["senders-check-health"] = {

@@ -311,3 +311,36 @@ def test_sweeper_takes_back_stuck_claims_and_lost_messages(shop, bind, settings)
     assert outcome.released == 1
     assert outcome.batches == [(stuck.pk, 0)]
     assert sending.sweep().batches == []  # a second sweep right after hands nothing out again
+
+
+def test_expired_materials_are_purged_unless_a_message_still_needs_them(shop):
+    from django.core.files.base import ContentFile
+
+    from messaging.models import Material
+    from messaging.services import materials_purge
+
+    def material(name: str, hours: int) -> Material:
+        return Material.objects.create(
+            channel=shop,
+            file=ContentFile(b"data", name=name),
+            name=name,
+            content_type="text/plain",
+            size=4,
+            expires_at=timezone.now() + timedelta(hours=hours),
+        )
+
+    expired, needed, fresh = (
+        material("old.txt", -1),
+        material("needed.txt", -1),
+        material("new.txt", 5),
+    )
+    pending = send(shop, Audience(emails=["a@example.com"]))
+    pending.materials.add(needed)
+    path = expired.file.path
+
+    assert materials_purge() == 1
+    assert set(Material.objects.values_list("name", flat=True)) == {"needed.txt", "new.txt"}
+    import os
+
+    assert not os.path.exists(path)
+    assert fresh.file.storage.exists(fresh.file.name)
