@@ -137,6 +137,7 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["message", "batch", "status"], name="delivery_batch_idx"),
             models.Index(fields=["message", "status"], name="delivery_status_idx"),
+            models.Index(fields=["message", "id"], name="delivery_message_id_idx"),
             # The sweeper's scans: stuck claims and due retries, over a small part of the table.
             models.Index(
                 fields=["status", "next_attempt_at"],

@@ -54,12 +54,23 @@ def message_resolve(*, message_id: int) -> list[int]:
     with transaction.atomic():
         Delivery.objects.filter(message=message).delete()
         total, invalid, batches = _write_deliveries(message)
-        Message.objects.filter(pk=message.pk).update(
-            status=Message.Status.SENDING if batches else Message.Status.DONE,
-            total=total,
-            invalid=invalid,
-            finished_at=None if batches else timezone.now(),
+        # A retract that landed while resolving stands: the message is not sent.
+        updated = (
+            Message.objects.filter(pk=message.pk)
+            .exclude(status=Message.Status.RETRACTED)
+            .update(
+                status=Message.Status.SENDING if batches else Message.Status.DONE,
+                total=total,
+                invalid=invalid,
+                finished_at=None if batches else timezone.now(),
+            )
         )
+        if not updated:
+            message.deliveries.filter(status=Delivery.Status.PENDING).update(
+                status=Delivery.Status.CANCELLED
+            )
+            message_recount(message_id=message.pk)
+            return []
     return sorted(batches)
 
 

@@ -21,10 +21,10 @@ from kombu.exceptions import OperationalError
 from channels_app.models import Channel
 from channels_app.selectors import channel_default_sender
 from messaging.models import CapturedEmail, Delivery, Material, Message, SendnoKey
+from messaging.selectors import sendno_message
 
 logger = logging.getLogger(__name__)
 
-SENDNO_WINDOW = timedelta(hours=24)
 RETRACT_WINDOW = timedelta(hours=24)
 
 
@@ -103,14 +103,14 @@ def message_create(
     if sender is None or not sender.port_usable:
         raise SendRefused(1015010, _("The channel has no enabled, authorized email sender."))
     if options.sendno:
-        existing = _sendno_message(channel, options.sendno)
+        existing = sendno_message(channel=channel, sendno=options.sendno)
         if existing is not None:
             return existing, False
     try:
         with transaction.atomic():
             message = _store(channel, sender, audience, content, options, source, created_by)
     except IntegrityError:  # a concurrent request with the same sendno won the race
-        existing = _sendno_message(channel, options.sendno)
+        existing = sendno_message(channel=channel, sendno=options.sendno)
         if existing is None:
             raise
         return existing, False
@@ -157,17 +157,6 @@ def _store(
     return message
 
 
-def _sendno_message(channel: Channel, sendno: str) -> Message | None:
-    key = (
-        SendnoKey.objects.filter(
-            channel=channel, sendno=sendno, created_at__gte=timezone.now() - SENDNO_WINDOW
-        )
-        .select_related("message")
-        .first()
-    )
-    return key.message if key else None
-
-
 def message_enqueue(message: Message) -> bool:
     """Hand the message to the workers. If the broker is down, the sweeper hands it later."""
     from messaging import tasks
@@ -189,19 +178,21 @@ def celery_priority(priority: int) -> int:
 
 def message_retract(*, message: Message) -> dict[str, int]:
     """Cancel every delivery not yet handed to SMTP; report what was cancelled and what had gone."""
-    if message.status == Message.Status.RETRACTED:
-        raise SendRefused(1015055, _("The message has already been retracted."))
     if message.created_at < timezone.now() - RETRACT_WINDOW:
         raise SendRefused(1016020, _("Only messages from the last 24 hours can be retracted."))
     with transaction.atomic():
+        # Claim first: of two concurrent retracts, only one gets past this line.
+        claimed = (
+            Message.objects.filter(pk=message.pk)
+            .exclude(status=Message.Status.RETRACTED)
+            .update(status=Message.Status.RETRACTED, finished_at=timezone.now())
+        )
+        if not claimed:
+            raise SendRefused(1015055, _("The message has already been retracted."))
         cancelled = Delivery.objects.filter(
             message=message, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING]
         ).update(status=Delivery.Status.CANCELLED, claimed_at=None)
-        Message.objects.filter(pk=message.pk).update(
-            status=Message.Status.RETRACTED,
-            cancelled=F("cancelled") + cancelled,
-            finished_at=timezone.now(),
-        )
+        Message.objects.filter(pk=message.pk).update(cancelled=F("cancelled") + cancelled)
     message.refresh_from_db()
     return {
         "cancelled": cancelled,

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from messaging import api as messaging_api
+from messaging.api import views as messaging_api
 from ums.api import not_found
 from users_app import api as users_api
 

@@ -15,8 +15,8 @@ from kombu.exceptions import OperationalError
 
 from channels_app import services as channel_services
 from channels_app.models import Channel, EmailSender
-from messaging import api as messaging_api
 from messaging import fetch, tasks
+from messaging.api import send_request as messaging_api
 from messaging.models import Delivery, Material, Message, SendnoKey
 
 pytestmark = pytest.mark.django_db

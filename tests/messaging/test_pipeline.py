@@ -344,3 +344,21 @@ def test_expired_materials_are_purged_unless_a_message_still_needs_them(shop):
 
     assert not os.path.exists(path)
     assert fresh.file.storage.exists(fresh.file.name)
+
+
+def test_a_retract_during_resolution_stands(shop, bind, monkeypatch, plain_server):
+    bind("a", "all", "a@example.com")
+    message = send(shop, Audience(userids=["a"]))
+    write = sending._write_deliveries
+
+    def write_then_retract(msg):
+        written = write(msg)
+        message_retract(message=Message.objects.get(pk=msg.pk))  # lands in the middle
+        return written
+
+    monkeypatch.setattr(sending, "_write_deliveries", write_then_retract)
+    run(message)
+
+    assert message.status == Message.Status.RETRACTED
+    assert (message.total, message.cancelled) == (1, 1)
+    assert plain_server.recorder.messages == []

@@ -1,54 +1,34 @@
-"""REST endpoints of messages: send, retract, status, deliveries, and attachments (materials).
+"""Turning a send request's JSON into the services' types, refusing a bad field with 4004.
 
-Each view authenticates the channel, turns the request into the services' types (refusing a bad
-field with 4004 naming it), calls one service and answers JSON. The checks that cost nothing run
-first; attachments named by URL are fetched last, once everything else is known to be valid.
+The checks that cost nothing run first; attachments named by URL are fetched last, once
+everything else is known to be valid.
 """
 
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
-from enum import IntEnum
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.files.uploadedfile import UploadedFile
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
-from channels_app.api_auth import request_authenticate
 from channels_app.models import Channel
 from messaging.fetch import FETCH_TIMEOUT, FetchFailed, material_fetch, materials_discard
-from messaging.models import Delivery, Material, Message
+from messaging.models import Material, Message
 from messaging.services import (
     Audience,
     Content,
     Options,
-    SendRefused,
-    material_create,
-    message_create,
-    message_retract,
 )
-from ums.api import ApiCode, ApiError, api_response, api_view, json_body
+from ums.api import ApiCode, ApiError
 from users_app.validation import FieldError, clean_email, clean_tag, clean_userid
-
-
-class SendCode(IntEnum):
-    """Codes of the message endpoints (ums.api.ApiCode has the ones every endpoint shares)."""
-
-    TOO_MANY_USERIDS = 1015004
-    RULE_INVALID = 1015026
-    LIST_UNKNOWN = 1015046
-    BLACK_AND_WHITE = 1015097
-    UNKNOWN_MSGID = 1016004
-
 
 MAX_USERIDS = 1000
 MAX_TAGS = 20
@@ -78,161 +58,6 @@ MATERIAL_PATH = re.compile(r"/v1/material/(?P<token>[A-Za-z0-9_-]{1,64})/?$")
 # --- views ----------------------------------------------------------------------------------
 
 
-@api_view(methods=("POST",))
-def sent(request: HttpRequest) -> JsonResponse:
-    return _send(request, broadcast=False)
-
-
-@api_view(methods=("POST",))
-def broadcast(request: HttpRequest) -> JsonResponse:
-    return _send(request, broadcast=True)
-
-
-def _send(request: HttpRequest, *, broadcast: bool) -> JsonResponse:
-    channel = request_authenticate(request).require_channel()
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError.invalid("body", _("must be a JSON object"))
-    audience = audience_parse(body, broadcast=broadcast)
-    content, files = content_parse(body)
-    rule_id_check(body.get("rule_id"))
-    options = options_parse(body)
-    materials, fetched = files_resolve(files, channel=channel)
-    try:
-        message, created = message_create(
-            channel=channel,
-            audience=audience,
-            content=replace(content, materials=materials),
-            options=options,
-            source=Message.Source.API,
-        )
-    except SendRefused as exc:
-        materials_discard(fetched)
-        raise refused(exc) from None
-    if not created:  # a repeated sendno: the first message stands, with its own attachments
-        materials_discard(fetched)
-    return api_response(msgid=message.msgid, sendno=options.sendno)
-
-
-@api_view(methods=("POST",))
-def material_upload(request: HttpRequest) -> JsonResponse:
-    channel = request_authenticate(request).require_channel()
-    upload, hours = material_form_parse(request)
-    try:
-        material = material_create(channel=channel, upload=upload, hours=hours)
-    except SendRefused as exc:
-        raise refused(exc) from None
-    url = request.build_absolute_uri(reverse("api-material", args=[material.token]))
-    return api_response(url=url)
-
-
-@api_view(methods=("GET", "HEAD"))
-def material_detail(request: HttpRequest, token: str) -> JsonResponse:
-    """Materials are not served: their URL only names an attachment inside msg_email[].files."""
-    raise ApiError(
-        status=404,
-        code=ApiCode.NOT_FOUND,
-        message=_("Materials cannot be downloaded; use the URL in msg_email[].files."),
-    )
-
-
-@api_view(methods=("POST",))
-def retract(request: HttpRequest, msgid: str) -> JsonResponse:
-    channel = request_authenticate(request).require_channel()
-    message = own_message(channel, msgid)
-    try:
-        result = message_retract(message=message)
-    except SendRefused as exc:
-        raise refused(exc) from None
-    return api_response(data=result)
-
-
-@api_view(methods=("GET",))
-def message_status(request: HttpRequest, msgid: str) -> JsonResponse:
-    message = own_message(request_authenticate(request).require_channel(), msgid)
-    data = {
-        "msgid": message.msgid,
-        "sendno": message.sendno,
-        "status": message.status,
-        "created_at": message.created_at,
-        "finished_at": message.finished_at,
-        "total": message.total,
-        "sent": message.sent,
-        "failed": message.failed,
-        "invalid": message.invalid,
-        "cancelled": message.cancelled,
-        "pending": message.pending,
-    }
-    return api_response(data=data)
-
-
-@api_view(methods=("GET",))
-def message_deliveries(request: HttpRequest, msgid: str) -> JsonResponse:
-    """One page of recipients in a stable order; `next_page` instead of a count of all rows."""
-    message = own_message(request_authenticate(request).require_channel(), msgid)
-    status = request.GET.get("status", "")
-    if status and status not in Delivery.Status.values:
-        raise ApiError.invalid(
-            "status", _("must be one of %(values)s") % {"values": ", ".join(Delivery.Status.values)}
-        )
-    page = query_int(request, "page", default=1, maximum=PAGE_MAX)
-    size = query_int(request, "page_size", default=PAGE_SIZE_DEFAULT, maximum=PAGE_SIZE_MAX)
-    rows = Delivery.objects.filter(message=message).order_by("pk")
-    if status:
-        rows = rows.filter(status=status)
-    start = (page - 1) * size
-    fields = ("userid", "email", "status", "attempts", "smtp_code", "smtp_reply", "sent_at")
-    page_rows = list(rows.values(*fields, "smtp_message_id")[start : start + size + 1])
-    results = [delivery_json(row) for row in page_rows[:size]]
-    next_page = page + 1 if len(page_rows) > size else None
-    return api_response(
-        data={"page": page, "page_size": size, "next_page": next_page, "results": results}
-    )
-
-
-# --- shared helpers of the views ------------------------------------------------------------
-
-
-def refused(exc: SendRefused) -> ApiError:
-    return ApiError(status=exc.status, code=exc.code, message=exc.message)
-
-
-def own_message(channel: Channel, msgid: str) -> Message:
-    """The caller's message; another channel's is as unknown as one that never existed."""
-    message = Message.objects.filter(channel=channel, msgid=msgid).first()
-    if message is None:
-        raise ApiError(
-            status=404,
-            code=SendCode.UNKNOWN_MSGID,
-            message=_("This channel has no message %(msgid)s.") % {"msgid": msgid[:40]},
-        )
-    return message
-
-
-def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
-    row["message_id"] = row.pop("smtp_message_id")
-    return row
-
-
-def query_int(request: HttpRequest, name: str, *, default: int, maximum: int) -> int:
-    raw = request.GET.get(name, "").strip()
-    if not raw:
-        return default
-    if not _small_number(raw) or not 1 <= int(raw) <= maximum:
-        raise ApiError.invalid(
-            name, _("must be a whole number from 1 to %(max)d") % {"max": maximum}
-        )
-    return int(raw)
-
-
-def _small_number(raw: str) -> bool:
-    """Digits only, and few enough that int() is cheap (it refuses thousands of digits)."""
-    return raw.isascii() and raw.isdigit() and len(raw) <= 9
-
-
-# --- the send request ------------------------------------------------------------------------
-
-
 def audience_parse(body: dict[str, Any], *, broadcast: bool) -> Audience:
     """The aud_xxx keys as an Audience. Empty lists and nulls count as absent; other channels'
     targets (aud_sms …) are ignored, as a multi-channel client sends them too."""
@@ -259,7 +84,7 @@ def audience_parse(body: dict[str, Any], *, broadcast: bool) -> Audience:
         if len(userids) > MAX_USERIDS:
             raise ApiError(
                 status=400,
-                code=SendCode.TOO_MANY_USERIDS,
+                code=ApiCode.TOO_MANY_USERIDS,
                 message=_("aud_userid: at most %(max)d userids") % {"max": MAX_USERIDS},
             )
         return Audience(userids=_clean_each(userids, clean_userid, "aud_userid"))
@@ -344,7 +169,7 @@ def rule_id_check(value: object) -> None:
         return
     raise ApiError(
         status=400,
-        code=SendCode.RULE_INVALID,
+        code=ApiCode.RULE_INVALID,
         message=_("rule_id: no such sending strategy; leave it out or send 0"),
     )
 
@@ -355,14 +180,14 @@ def options_parse(body: dict[str, Any]) -> Options:
     if black and white:
         raise ApiError(
             status=400,
-            code=SendCode.BLACK_AND_WHITE,
+            code=ApiCode.BLACK_AND_WHITE,
             message=_("option: give black_id or white_id, not both"),
         )
     if black or white:
         field = "black_id" if black else "white_id"
         raise ApiError(
             status=400,
-            code=SendCode.LIST_UNKNOWN,
+            code=ApiCode.LIST_UNKNOWN,
             message=_("option.%(field)s: no such list") % {"field": field},
         )
     return Options(
@@ -523,7 +348,7 @@ def _time_to_live(raw: str) -> int:
     if not raw:
         return TTL_DEFAULT
     low, high = TTL_HOURS
-    if not _small_number(raw) or not low <= int(raw) <= high:
+    if not small_number(raw) or not low <= int(raw) <= high:
         raise ApiError.invalid(
             "time_to_live",
             _("must be a whole number of hours from %(low)d to %(high)d")
@@ -548,3 +373,8 @@ def _body_too_large() -> ApiError:
     return ApiError(
         status=413, code=ApiCode.BODY_TOO_LARGE, message=_("The request body is too large.")
     )
+
+
+def small_number(raw: str) -> bool:
+    """Digits only, and few enough that int() is cheap (it refuses thousands of digits)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 9

@@ -1,0 +1,1 @@
+"""The message endpoints of the REST API."""
