@@ -80,16 +80,21 @@ class TagFilter(admin.SimpleListFilter):
         return queryset.filter(tags__tag=self.value()).distinct()
 
 
+def form_clean(cleaner: Any, value: object) -> str:
+    """A shared validator (users_app.validation) as a form field's clean step."""
+    try:
+        return cleaner(value)
+    except FieldError as exc:
+        raise forms.ValidationError(exc.message) from exc
+
+
 class UserForm(forms.ModelForm):
     class Meta:
         model = UmsUser
         fields = ["userid"]
 
     def clean_userid(self) -> str:
-        try:
-            return clean_userid(self.cleaned_data["userid"])
-        except FieldError as exc:
-            raise forms.ValidationError(exc.message) from exc
+        return form_clean(clean_userid, self.cleaned_data["userid"])
 
 
 class BindingForm(ScopedForm):
@@ -98,10 +103,7 @@ class BindingForm(ScopedForm):
         fields = ["bind_id", "email"]
 
     def clean_email(self) -> str:
-        try:
-            return clean_email(self.cleaned_data["email"])
-        except FieldError as exc:
-            raise forms.ValidationError(exc.message) from exc
+        return form_clean(clean_email, self.cleaned_data["email"])
 
 
 class TagForm(ScopedForm):
@@ -110,10 +112,7 @@ class TagForm(ScopedForm):
         fields = ["bind_id", "tag"]
 
     def clean_tag(self) -> str:
-        try:
-            return clean_tag(self.cleaned_data["tag"])
-        except FieldError as exc:
-            raise forms.ValidationError(exc.message) from exc
+        return form_clean(clean_tag, self.cleaned_data["tag"])
 
 
 class StandaloneBindingForm(BindingForm):
