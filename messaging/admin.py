@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as gettext_now
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -107,9 +107,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return format_html(
             '<a href="{}">{}</a>',
             url,
-            gettext_now(
-                "%(sent)d sent, %(failed)d failed, %(invalid)d invalid, %(pending)d pending"
-            )
+            gettext("%(sent)d sent, %(failed)d failed, %(invalid)d invalid, %(pending)d pending")
             % {
                 "sent": message.sent,
                 "failed": message.failed,

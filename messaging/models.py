@@ -128,7 +128,7 @@ class Delivery(models.Model):
     smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
     smtp_reply = models.CharField(_("SMTP reply"), max_length=500, blank=True)
     smtp_message_id = models.CharField(_("Message-ID"), max_length=255, blank=True)
-    sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:

@@ -45,7 +45,8 @@ def channel_names() -> dict[str, str]:
 def scope_label(bind_id: str, names: dict[str, str]) -> str:
     if bind_id == ALL_SCOPE:
         return _("all")
-    return f"{names.get(bind_id, _('deleted channel'))} ({bind_id})"
+    name = names.get(bind_id) or _("deleted channel")
+    return f"{name} ({bind_id})"
 
 
 class ScopeFilter(admin.SimpleListFilter):

@@ -96,7 +96,7 @@ class ImportJob(models.Model):
     applied_rows = models.PositiveIntegerField(_("rows imported"), default=0)
     error_count = models.PositiveIntegerField(_("rejected rows"), default=0)
     new_count = models.PositiveIntegerField(_("new"), default=0)
-    updated_count = models.PositiveIntegerField(_("updated"), default=0)
+    updated_count = models.PositiveIntegerField(_("changed"), default=0)
     unchanged_count = models.PositiveIntegerField(_("unchanged"), default=0)
     message = models.TextField(_("message"), blank=True)
     attempts = models.PositiveSmallIntegerField(default=0, editable=False)
