@@ -18,12 +18,14 @@ from django.utils import timezone
 
 from channels_app import services as channel_services
 from channels_app.models import EmailSender
+from channels_app.selectors import channel_default_sender
 from channels_app.services import ConnectionCheck
 from channels_app.smtp import (
     SENDER_FAILURES,
     Failure,
     FailureKind,
     SenderEmailBackend,
+    SmtpConfig,
     classify_failure,
 )
 from messaging import audience as audiences
@@ -42,16 +44,23 @@ OPEN = (Delivery.Status.PENDING, Delivery.Status.SENDING, Delivery.Status.RETRYI
 def message_resolve(*, message_id: int) -> list[int]:
     """Write one Delivery per recipient; returns the batches that have something to send.
 
-    Safe to run again (a worker lost in the middle): it starts over from a clean slate, which is
-    possible because no batch is queued before the whole audience is written.
+    Safe to run again after a worker died in the middle (it starts over from a clean slate,
+    which is possible because no batch is queued before the whole audience is written), and
+    never twice at once: a message being resolved is only taken over once it is abandoned.
     """
-    claimed = Message.objects.filter(
-        pk=message_id, status__in=[Message.Status.QUEUED, Message.Status.RESOLVING]
-    ).update(status=Message.Status.RESOLVING, dispatched_at=timezone.now())
-    if not claimed:
+    now = timezone.now()
+    abandoned = now - timedelta(seconds=bulk_time_limit() + 120)
+    claimable = Q(status=Message.Status.QUEUED) | Q(
+        status=Message.Status.RESOLVING, dispatched_at__lt=abandoned
+    )
+    if not Message.objects.filter(claimable, pk=message_id).update(
+        status=Message.Status.RESOLVING, dispatched_at=now
+    ):
         return []
-    message = Message.objects.select_related("channel").get(pk=message_id)
     with transaction.atomic():
+        message = Message.objects.select_for_update().select_related("channel").get(pk=message_id)
+        if message.status != Message.Status.RESOLVING:  # retracted meanwhile
+            return []
         Delivery.objects.filter(message=message).delete()
         total, invalid, batches = _write_deliveries(message)
         # A retract that landed while resolving stands: the message is not sent.
@@ -66,12 +75,15 @@ def message_resolve(*, message_id: int) -> list[int]:
             )
         )
         if not updated:
-            message.deliveries.filter(status=Delivery.Status.PENDING).update(
-                status=Delivery.Status.CANCELLED
-            )
+            _cancel_open(message.pk)
             message_recount(message_id=message.pk)
             return []
     return sorted(batches)
+
+
+def bulk_time_limit() -> int:
+    """Seconds a whole-audience task (resolving, importing) may run."""
+    return settings.UMS_IMPORT_TIME_LIMIT
 
 
 def _recipients(message: Message) -> Iterator[audiences.Recipient]:
@@ -140,23 +152,62 @@ class _Results:
 
 def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
     message = Message.objects.select_related("sender", "channel").get(pk=message_id)
-    if message.status == Message.Status.RETRACTED:
+    if message.status == Message.Status.RETRACTED or not message.channel.is_enabled:
+        # Nothing more goes out for a retracted message or a closed channel.
+        _cancel_open(message.pk, batch=batch)
         return BatchOutcome()
-    if sender_is_broken(message.sender):
-        # Logging in again with a refused password risks locking the account: the rows wait
-        # (pending) until someone fixes the sender, which clears its health.
-        return BatchOutcome(
-            sender_failure=Failure(FailureKind.AUTH, None, message.sender.health_error)
-        )
+    sender = _usable_sender(message)
+    if sender is None or sender_is_broken(sender):
+        # Logging in again with a refused password risks locking the account: the rows stay
+        # unclaimed until someone fixes the sender (which clears its health); the sweeper
+        # hands them out again.
+        failure = Failure(FailureKind.AUTH, None, sender.health_error if sender else "")
+        return BatchOutcome(sender_failure=failure)
+    message.sender = sender
     claimed = _claim(message, batch)
     if not claimed:
         return BatchOutcome()
-    results, sender_failure = _send(message, claimed)
-    outcome = _record(message, results, claimed, sender_failure)
+    try:
+        template = message_template(message)
+        config = sender.smtp_config()
+    except Exception as exc:
+        logger.exception("message %s cannot be built", message.msgid)
+        failure = Failure(FailureKind.PERMANENT, None, str(exc)[:500])
+        results = _Results(retry=list(claimed))
+        for row in claimed:
+            _note(row, failure)
+        return _finish_batch(message, results, claimed, None)
+    results, sender_failure = _send(message, claimed, template, config)
+    outcome = _finish_batch(message, results, claimed, sender_failure)
     if sender_failure is not None:
-        _mark_sender(message.sender, sender_failure)
+        _mark_sender(sender, sender_failure)
+    return outcome
+
+
+def _finish_batch(
+    message: Message, results: "_Results", claimed: list[Delivery], sender_failure: Failure | None
+) -> BatchOutcome:
+    outcome = _record(message, results, claimed, sender_failure)
     message_finish_if_done(message_id=message.pk)
     return outcome
+
+
+def _usable_sender(message: Message) -> EmailSender | None:
+    """The message's sender, or the channel's current default if it was disabled meanwhile."""
+    sender = message.sender
+    if sender.is_enabled and sender.port_usable:
+        return sender
+    return channel_default_sender(channel=message.channel)
+
+
+def _cancel_open(message_id: int, *, batch: int | None = None) -> None:
+    rows = Delivery.objects.filter(
+        message_id=message_id, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING]
+    )
+    if batch is not None:
+        rows = rows.filter(batch=batch)
+    if rows.update(status=Delivery.Status.CANCELLED, claimed_at=None):
+        message_recount(message_id=message_id)
 
 
 def _claim(message: Message, batch: int) -> list[Delivery]:
@@ -178,49 +229,80 @@ def _claim(message: Message, batch: int) -> list[Delivery]:
     return rows
 
 
-def _send(message: Message, claimed: list[Delivery]) -> tuple[_Results, Failure | None]:
+def _send(
+    message: Message, claimed: list[Delivery], template: bytes, config: SmtpConfig
+) -> tuple["_Results", Failure | None]:
     """SMTP I/O, outside any transaction: one connection, one recipient per message."""
     results = _Results()
-    template = message_template(message)
-    envelope_from = message.sender.from_address
-    backend = SenderEmailBackend(message.sender.smtp_config())
-    broken_connections = 0
+    backend = SenderEmailBackend(config)
     try:
-        for index, delivery in enumerate(claimed):
-            message_id = message_id_for(message, delivery.pk)
-            try:
-                reply = backend.send_raw(
-                    envelope_from=envelope_from,
-                    recipient=delivery.email,
-                    message=stamp(template, to=delivery.email, message_id=message_id),
-                )
-            except SoftTimeLimitExceeded:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure is sorted and recorded
-                failure = classify_failure(exc)
-                if failure.sender_problem:
-                    results.retry.extend(claimed[index:])
-                    for row in claimed[index:]:
-                        _note(row, failure)
-                    return results, failure
-                _note(delivery, failure)
-                (results.retry if failure.retryable else results.failed).append(delivery)
-                if failure.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):
-                    backend.close()  # the next recipient reconnects
-                    broken_connections += 1
-                    if broken_connections >= 2:  # the server is gone: retry the rest later
-                        results.retry.extend(claimed[index + 1 :])
-                        return results, None
-                continue
-            broken_connections = 0
-            _record_sent(delivery.pk, reply.code, reply.text[:500], message_id)
-            results.sent.append(delivery)
+        failure = _open(backend)
+        if failure is not None:  # no session at all: the whole batch waits (or the sender)
+            results.retry.extend(claimed)
+            for row in claimed:
+                _note(row, failure)
+            return results, failure if failure.sender_problem else None
+        return results, _send_each(message, claimed, template, backend, results)
     except SoftTimeLimitExceeded:
         # Out of time: what was not recorded goes back for a retry (see _record).
         logger.warning("batch of message %s stopped at its soft time limit", message.msgid)
+        return results, None
     finally:
         backend.close()
-    return results, None
+
+
+def _open(backend: SenderEmailBackend) -> Failure | None:
+    try:
+        backend.open()
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sorted below
+        failure = classify_failure(exc)
+        if failure.kind == FailureKind.PERMANENT:  # e.g. a 554 greeting: not the recipients'
+            return Failure(FailureKind.CONNECTION, failure.code, failure.text)
+        return failure
+    return None
+
+
+def _send_each(
+    message: Message,
+    claimed: list[Delivery],
+    template: bytes,
+    backend: SenderEmailBackend,
+    results: "_Results",
+) -> Failure | None:
+    envelope_from = message.sender.from_address
+    broken_connections = 0
+    for index, delivery in enumerate(claimed):
+        message_id = message_id_for(message, delivery.pk)
+        try:
+            reply = backend.send_raw(
+                envelope_from=envelope_from,
+                recipient=delivery.email,
+                message=stamp(template, to=delivery.email, message_id=message_id),
+            )
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is sorted and recorded
+            failure = classify_failure(exc)
+            _note(delivery, failure)
+            if failure.sender_problem:
+                results.retry.extend(claimed[index:])
+                for row in claimed[index + 1 :]:
+                    _note(row, failure)
+                return failure
+            (results.retry if failure.retryable else results.failed).append(delivery)
+            if failure.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):
+                backend.close()  # the next recipient reconnects
+                broken_connections += 1
+                if broken_connections >= 2:  # the server is gone: retry the rest later
+                    results.retry.extend(claimed[index + 1 :])
+                    return None
+            continue
+        broken_connections = 0
+        _record_sent(delivery.pk, reply.code, reply.text[:500], message_id)
+        results.sent.append(delivery)
+    return None
 
 
 _SENT_SQL = (
@@ -257,7 +339,9 @@ def _record(
     # Rows neither sent nor failed (a soft time limit in the middle) go back for a retry.
     results.retry.extend(d for d in claimed if d.pk not in handled)
     for delivery in results.retry:
-        if delivery.attempts >= settings.UMS_DELIVERY_MAX_ATTEMPTS and sender_failure is None:
+        if sender_failure is not None:
+            delivery.attempts -= 1  # the sender's fault does not use up the recipient's tries
+        elif delivery.attempts >= settings.UMS_DELIVERY_MAX_ATTEMPTS:
             results.failed.append(delivery)
             continue
         delay = retry_delay(delivery.attempts)
@@ -279,6 +363,7 @@ def _record(
         "sent_at",
         "next_attempt_at",
         "claimed_at",
+        "attempts",
     ]
     with transaction.atomic():
         Delivery.objects.bulk_update(results.failed + results.retry, fields, batch_size=1000)
@@ -342,30 +427,27 @@ def message_recount(*, message_id: int) -> None:
 @dataclass
 class SweepOutcome:
     messages: list[int] = field(default_factory=list)
-    batches: list[tuple[int, int]] = field(default_factory=list)
+    batches: list[tuple[int, int, int]] = field(default_factory=list)  # message, batch, priority
     released: int = 0
 
 
 def sweep(*, now: datetime | None = None) -> SweepOutcome:
-    """What the broker may have lost: undispatched messages, stuck claims, overdue batches.
+    """What the broker may have lost: undispatched messages, stuck claims, stalled batches.
 
-    Safe to run twice: it only hands work to tasks that claim before they act, and it waits
-    UMS_DISPATCH_GRACE before handing out the same message's batches again.
+    Safe to run twice: it only hands work to tasks that claim before they act, and a message's
+    batches are handed out again only when nothing of it moved for UMS_DISPATCH_GRACE seconds.
     """
     now = now or timezone.now()
     outcome = SweepOutcome()
-    lease = timedelta(seconds=settings.UMS_DELIVERY_LEASE)
     overdue = now - timedelta(seconds=settings.UMS_DISPATCH_GRACE)
-    # Rows claimed by a worker that died go back for a retry (their attempt counted).
-    stuck = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_at__lt=now - lease)
-    released = set(stuck.values_list("message_id", "batch").distinct().order_by())
-    outcome.released = stuck.update(
-        status=Delivery.Status.RETRYING, next_attempt_at=now, claimed_at=None
-    )
+    released = _release_stuck(now, outcome)
     outcome.messages = list(
         Message.objects.filter(
             Q(status=Message.Status.QUEUED, created_at__lt=overdue)
-            | Q(status=Message.Status.RESOLVING, dispatched_at__lt=now - lease)
+            | Q(
+                status=Message.Status.RESOLVING,
+                dispatched_at__lt=now - timedelta(seconds=bulk_time_limit() + 120),
+            )
             | Q(status=Message.Status.SCHEDULED, send_at__lte=now)
         ).values_list("pk", flat=True)[:1000]
     )
@@ -375,11 +457,46 @@ def sweep(*, now: datetime | None = None) -> SweepOutcome:
     waiting = Q(status=Delivery.Status.PENDING) | Q(
         status=Delivery.Status.RETRYING, next_attempt_at__lte=overdue
     )
-    lost = Delivery.objects.filter(
-        waiting, message__status=Message.Status.SENDING, message__dispatched_at__lt=overdue
+    candidates = set(
+        Delivery.objects.filter(
+            waiting,
+            message__status__in=[Message.Status.SENDING, Message.Status.RETRACTED],
+            message__dispatched_at__lt=overdue,
+        )
+        .values_list("message_id", "batch")
+        .distinct()
+        .order_by()[:5000]
     )
-    batches = released | set(lost.values_list("message_id", "batch").distinct().order_by()[:5000])
-    outcome.batches = sorted(batches)
+    stalled = {m for m, _b in candidates if not _moved_since(m, overdue)}
+    batches = released | {(m, b) for m, b in candidates if m in stalled}
+    priorities = dict(
+        Message.objects.filter(pk__in={m for m, _b in batches}).values_list("pk", "priority")
+    )
+    outcome.batches = sorted((m, b, priorities[m]) for m, b in batches)
     # Touch the messages handed out again, so that the next sweep gives their tasks time to run.
-    Message.objects.filter(pk__in={m for m, _b in batches}).update(dispatched_at=now)
+    Message.objects.filter(pk__in=priorities).update(dispatched_at=now)
     return outcome
+
+
+def _release_stuck(now: datetime, outcome: SweepOutcome) -> set[tuple[int, int]]:
+    """Rows claimed by a worker that died: back for a retry, or failed if that was the last try."""
+    stuck = Delivery.objects.filter(
+        status=Delivery.Status.SENDING,
+        claimed_at__lt=now - timedelta(seconds=settings.UMS_DELIVERY_LEASE),
+    )
+    released = set(stuck.values_list("message_id", "batch").distinct().order_by())
+    last = Q(attempts__gte=settings.UMS_DELIVERY_MAX_ATTEMPTS)
+    stuck.filter(last).update(
+        status=Delivery.Status.FAILED,
+        claimed_at=None,
+        smtp_reply="The worker stopped while sending, on the last attempt.",
+    )
+    outcome.released = stuck.exclude(last).update(
+        status=Delivery.Status.RETRYING, next_attempt_at=now, claimed_at=None
+    )
+    return released
+
+
+def _moved_since(message_id: int, since: datetime) -> bool:
+    """Whether any delivery of the message changed lately: its tasks are still running."""
+    return Delivery.objects.filter(message_id=message_id, updated_at__gte=since).exists()

@@ -10,8 +10,14 @@ from messaging import sending
 from messaging.models import Message
 from messaging.services import celery_priority, materials_purge
 
+# Resolving a broadcast to a million users takes minutes: the same limits as an upload's import.
+BULK_LIMITS = {
+    "soft_time_limit": settings.UMS_IMPORT_TIME_LIMIT,
+    "time_limit": settings.UMS_IMPORT_TIME_LIMIT + 60,
+}
 
-@shared_task(ignore_result=True)
+
+@shared_task(ignore_result=True, **BULK_LIMITS)
 def message_dispatch(message_id: int) -> int:
     batches = sending.message_resolve(message_id=message_id)
     priority = celery_priority(
@@ -28,17 +34,21 @@ def deliver_batch(message_id: int, batch: int) -> int:
     if outcome.retry_in is not None and outcome.retry_in < settings.CELERY_VISIBILITY_TIMEOUT / 2:
         # Short waits ride on a countdown (kept well inside the broker's visibility timeout,
         # past which Redis would hand the task out twice); the sweeper takes the long ones.
-        deliver_batch.apply_async(args=[message_id, batch], countdown=outcome.retry_in)
+        priority = Message.objects.values_list("priority", flat=True).get(pk=message_id)
+        deliver_batch.apply_async(
+            args=[message_id, batch], countdown=outcome.retry_in, priority=celery_priority(priority)
+        )
     return outcome.sent
 
 
 @shared_task(ignore_result=True)
 def sweep() -> int:
     outcome = sending.sweep()
-    for message_id in outcome.messages:
-        message_dispatch.delay(message_id)
-    for message_id, batch in outcome.batches:
-        deliver_batch.delay(message_id, batch)
+    priorities = dict(Message.objects.filter(pk__in=outcome.messages).values_list("pk", "priority"))
+    for message_id, priority in priorities.items():
+        message_dispatch.apply_async(args=[message_id], priority=celery_priority(priority))
+    for message_id, batch, priority in outcome.batches:
+        deliver_batch.apply_async(args=[message_id, batch], priority=celery_priority(priority))
     return len(outcome.messages) + len(outcome.batches)
 
 

@@ -140,3 +140,21 @@ class SilentServer:
         self.sock.close()
         for conn in self.accepted:
             conn.close()
+
+
+class RefusingServer(SilentServer):
+    """Greets every connection with a refusal (e.g. 554) and closes it."""
+
+    def __init__(self, greeting: bytes = b"554 5.7.1 No SMTP service here\r\n") -> None:
+        super().__init__()
+        self.greeting = greeting
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _addr = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            conn.sendall(self.greeting)
+            conn.close()

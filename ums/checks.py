@@ -58,6 +58,14 @@ def check_task_limits(app_configs: Iterable[Any] | None, **kwargs: Any) -> list[
                 id="ums.E005",
             )
         )
+    if settings.UMS_DELIVERY_LEASE <= settings.CELERY_TASK_TIME_LIMIT:
+        errors.append(
+            Error(
+                "UMS_DELIVERY_LEASE must be above CELERY_TASK_TIME_LIMIT: the sweeper would take "
+                "back recipients that a live worker is still sending to, and send them twice.",
+                id="ums.E006",
+            )
+        )
     if settings.UMS_SMTP_TIMEOUT >= settings.CELERY_TASK_SOFT_TIME_LIMIT:
         errors.append(
             Error(

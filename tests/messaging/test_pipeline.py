@@ -18,6 +18,7 @@ from messaging.services import (
     message_create,
     message_retract,
 )
+from tests.smtp_server import RefusingServer
 
 pytestmark = pytest.mark.django_db
 
@@ -309,7 +310,7 @@ def test_sweeper_takes_back_stuck_claims_and_lost_messages(shop, bind, settings)
 
     assert outcome.messages == [lost.pk]
     assert outcome.released == 1
-    assert outcome.batches == [(stuck.pk, 0)]
+    assert outcome.batches == [(stuck.pk, 0, Message.Priority.MEDIUM)]
     assert sending.sweep().batches == []  # a second sweep right after hands nothing out again
 
 
@@ -362,3 +363,93 @@ def test_a_retract_during_resolution_stands(shop, bind, monkeypatch, plain_serve
     assert message.status == Message.Status.RETRACTED
     assert (message.total, message.cancelled) == (1, 1)
     assert plain_server.recorder.messages == []
+
+
+def test_a_message_that_cannot_be_built_fails_its_recipients_in_the_end(shop, bind, settings):
+    from django.core.files.base import ContentFile
+
+    from messaging.models import Material
+
+    settings.UMS_DELIVERY_MAX_ATTEMPTS = 2
+    bind("a", "all", "a@example.com")
+    material = Material.objects.create(
+        channel=shop,
+        file=ContentFile(b"data", name="gone.txt"),
+        name="gone.txt",
+        content_type="text/plain",
+        size=4,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    message = send(shop, Audience(userids=["a"]))
+    message.materials.add(material)
+    material.file.delete(save=False)  # the attachment's file is gone
+
+    run(message)
+    make_due(message)
+    sending.batch_send(message_id=message.pk, batch=0)
+
+    delivery = message.deliveries.get()
+    message.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("failed", 2)
+    assert message.status == "done"
+
+
+def test_a_closed_channel_stops_what_is_still_queued(shop, bind, plain_server):
+    bind("a", "all", "a@example.com")
+    message = send(shop, Audience(userids=["a"]))
+    sending.message_resolve(message_id=message.pk)
+    shop.status = "closed"
+    shop.save()
+
+    sending.batch_send(message_id=message.pk, batch=0)
+
+    message.refresh_from_db()
+    assert message.deliveries.get().status == "cancelled"
+    assert message.cancelled == 1
+    assert plain_server.recorder.messages == []
+
+
+def test_a_disabled_sender_gives_way_to_the_channels_next_one(
+    shop, bind, make_sender, plain_server
+):
+    bind("a", "all", "a@example.com")
+    message = send(shop, Audience(userids=["a"]))
+    backup = make_sender(plain_server, account="", password="", name="Backup")
+    channel_services.channel_authorize_sender(channel=shop, sender=backup)
+    message.sender.is_enabled = False
+    message.sender.save()
+
+    run(message)
+
+    assert message.sent == 1
+    assert "Backup" not in str(
+        plain_server.recorder.messages[0].data
+    )  # the From stays the message's
+
+
+def test_a_refused_greeting_is_not_the_recipients_fault(db, make_sender, bind):
+    channel, _secret = channel_services.channel_create(name="Refusing")
+    bind("a", "all", "a@example.com")
+    bind("b", "all", "b@example.com")
+    with RefusingServer() as server:
+        sender = make_sender(server, encryption="none", account="", password="")
+        channel_services.channel_authorize_sender(channel=channel, sender=sender)
+        message = run(send(channel, Audience(userids=["a", "b"])))
+
+    assert set(message.deliveries.values_list("status", "attempts", "smtp_code")) == {
+        ("retrying", 1, 554)
+    }
+    assert len(server.accepted) == 1  # one connection for the batch, not one per recipient
+
+
+def test_the_sender_being_refused_does_not_use_up_the_recipients_tries(
+    db, ssl_server, trust_test_ca, make_sender, bind
+):
+    channel, _secret = channel_services.channel_create(name="Locked")
+    sender = make_sender(ssl_server, password="wrong")
+    channel_services.channel_authorize_sender(channel=channel, sender=sender)
+    bind("a", "all", "a@example.com")
+
+    message = run(send(channel, Audience(userids=["a"])))
+
+    assert message.deliveries.get().attempts == 0

@@ -89,7 +89,7 @@ def sweep_until_done(url: str, message: Message, server, log: Path, *, expected:
         outcome = sending.sweep()
         for message_id in outcome.messages:
             publish(url, tasks.message_dispatch, message_id)
-        for message_id, batch in outcome.batches:
+        for message_id, batch, _priority in outcome.batches:
             publish(url, tasks.deliver_batch, message_id, batch)
         message.refresh_from_db()
         return message.status == Message.Status.DONE and len(received(server)) == expected
