@@ -75,9 +75,17 @@ def _too_long(job: ImportJob) -> None:
 @shared_task(ignore_result=True)
 def import_jobs_sweep() -> int:
     """Queue again the uploads whose worker died (left validating or importing)."""
-    abandoned = timezone.now() - timedelta(seconds=settings.UMS_IMPORT_TIME_LIMIT + 120)
+    now = timezone.now()
+    abandoned = now - timedelta(seconds=settings.UMS_IMPORT_TIME_LIMIT + 120)
     stuck = ImportJob.objects.filter(started_at__lt=abandoned)
+    # Queued a while ago and never started: the task was lost (a broker restart).
+    lost = ImportJob.objects.filter(
+        status=ImportJob.Status.QUEUED,
+        started_at__isnull=True,
+        created_at__lt=now - timedelta(minutes=10),
+    )
     validating = list(stuck.filter(status=ImportJob.Status.VALIDATING).values_list("pk", flat=True))
+    validating += list(lost.values_list("pk", flat=True))
     applying = list(stuck.filter(status=ImportJob.Status.APPLYING).values_list("pk", flat=True))
     for job_id in validating:
         import_job_validate.delay(job_id)

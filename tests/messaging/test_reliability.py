@@ -16,6 +16,7 @@ from channels_app import services as channel_services
 from messaging import sending, tasks
 from messaging.models import Delivery, Message
 from messaging.services import Audience, Content, Options, celery_priority, message_create
+from tests.conftest import skip_or_fail
 from tests.processes import celery_worker, child_env, redis_server, wait_for
 from tests.smtp_server import SmtpTestServer, free_port
 from ums.celery import REDIS_OPTIONS
@@ -43,6 +44,12 @@ class SlowHandler:
         await asyncio.sleep(self.delay)
         self.recorder.messages.append(envelope)
         return "250 2.0.0 Ok"
+
+
+@pytest.fixture(autouse=True)
+def redis_binary():
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed")
 
 
 @pytest.fixture
@@ -97,7 +104,6 @@ def sweep_until_done(url: str, message: Message, server, log: Path, *, expected:
     wait_for(done, timeout=90, what="every recipient to be delivered", log_path=log)
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_killing_the_worker_mid_batch_loses_nothing(slow_shop, settings, tmp_path):
     settings.UMS_DELIVERY_LEASE = 2
     settings.UMS_DISPATCH_GRACE = 1
@@ -131,7 +137,6 @@ def test_killing_the_worker_mid_batch_loses_nothing(slow_shop, settings, tmp_pat
     assert set(message.deliveries.values_list("status", flat=True)) == {Delivery.Status.SENT}
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_a_redis_restart_without_persistence_loses_nothing(slow_shop, settings, tmp_path):
     settings.UMS_DISPATCH_GRACE = 1
     channel, server = slow_shop
@@ -159,7 +164,6 @@ def test_a_redis_restart_without_persistence_loses_nothing(slow_shop, settings, 
     assert sorted(received(server).values()) == [1] * 60
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_high_priority_messages_go_first(slow_shop, tmp_path):
     channel, server = slow_shop
     ids = users(4)

@@ -362,3 +362,22 @@ def test_a_job_is_given_up_after_three_attempts(tmp_path):
     job.refresh_from_db()
     assert job.status == ImportJob.Status.FAILED
     assert "Gave up after 3 attempts" in job.message
+
+
+def test_lost_and_abandoned_uploads_are_queued_again(tmp_path, monkeypatch, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.import_job_validate, "delay", queued.append)
+    path = write(tmp_path, "users.csv", csv_bytes([["u1", "a@example.com", "", ""]]))
+    with path.open("rb") as handle:
+        lost = services.import_job_create(file=File(handle), original_name="users.csv")
+    with path.open("rb") as handle:
+        fresh = services.import_job_create(file=File(handle), original_name="users.csv")
+    ImportJob.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(hours=1))
+
+    assert tasks.import_jobs_sweep() == 1
+    assert queued == [lost.pk]
+    assert fresh.pk not in queued
