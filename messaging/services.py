@@ -181,12 +181,19 @@ def message_retract(*, message: Message) -> dict[str, int]:
     if message.created_at < timezone.now() - RETRACT_WINDOW:
         raise SendRefused(1016020, _("Only messages from the last 24 hours can be retracted."))
     with transaction.atomic():
-        # Claim first: of two concurrent retracts, only one gets past this line.
+        # Claim first: of two concurrent retracts, only one gets past this line. A message
+        # that has already finished keeps its status (nothing was left to cancel).
         claimed = (
             Message.objects.filter(pk=message.pk)
-            .exclude(status=Message.Status.RETRACTED)
+            .exclude(status__in=[Message.Status.RETRACTED, Message.Status.DONE])
             .update(status=Message.Status.RETRACTED, finished_at=timezone.now())
         )
+        if (
+            not claimed
+            and Message.objects.filter(pk=message.pk, status=Message.Status.DONE).exists()
+        ):
+            message.refresh_from_db()
+            return {"cancelled": 0, "sent": message.sent, "in_flight": 0}
         if not claimed:
             raise SendRefused(1015055, _("The message has already been retracted."))
         cancelled = Delivery.objects.filter(

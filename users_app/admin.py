@@ -244,6 +244,13 @@ class ImportJobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # uploads change through their own actions, not a form
 
+    def delete_model(self, request: HttpRequest, obj: ImportJob) -> None:
+        services.import_job_delete(job=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for job in queryset:
+            services.import_job_delete(job=job)
+
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view
         return [

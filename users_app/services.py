@@ -70,6 +70,14 @@ def import_job_discard(job: ImportJob) -> None:
     job.status = ImportJob.Status.DISCARDED
 
 
+def import_job_delete(*, job: ImportJob) -> None:
+    """Delete an upload with its file and staging rows."""
+    importer.job_discard_staging(job)
+    if job.file:
+        job.file.delete(save=False)
+    job.delete()
+
+
 def _enqueue(job: ImportJob, task: object) -> None:
     def publish() -> None:
         try:

@@ -453,3 +453,14 @@ def test_the_sender_being_refused_does_not_use_up_the_recipients_tries(
     message = run(send(channel, Audience(userids=["a"])))
 
     assert message.deliveries.get().attempts == 0
+
+
+def test_retracting_a_finished_message_cancels_nothing_and_keeps_it_done(shop, bind):
+    bind("a", "all", "a@example.com")
+    message = run(send(shop, Audience(userids=["a"])))
+
+    result = message_retract(message=message)
+
+    message.refresh_from_db()
+    assert result == {"cancelled": 0, "sent": 1, "in_flight": 0}
+    assert message.status == "done"

@@ -289,3 +289,17 @@ def test_a_userid_with_an_at_sign_is_found(data_admin):
     ).content.decode()
 
     assert ">zhang@shop</a>" in html
+
+
+def test_deleting_an_unchecked_upload_deletes_its_file(data_admin, settings):
+    settings.UMS_IMPORT_SYNC_ROWS = 0  # left queued, with its file
+    post_upload(data_admin, "users.csv", csv_bytes([["u1", "a@example.com", "", ""]]))
+    job = ImportJob.objects.get()
+    path = job.file.path
+
+    data_admin.post(reverse("admin:users_app_importjob_delete", args=[job.pk]), {"post": "yes"})
+
+    import os
+
+    assert not ImportJob.objects.exists()
+    assert not os.path.exists(path)
