@@ -17,6 +17,11 @@ USERID_PATTERN = re.compile(r"^[A-Za-z0-9_@!#$&*+=.|￥]{1,64}$")
 TAG_MAX_BYTES = 40
 EMAIL_MAX_LENGTH = 254
 _email_validator = EmailValidator()
+# A strict subset of what EmailValidator accepts: dot-atom local part, ASCII host names.
+COMMON_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z"
+)
 
 
 class FieldError(ValueError):
@@ -42,6 +47,11 @@ def clean_userid(value: object) -> str:
 def clean_email(value: object) -> str:
     """A valid address with its domain lower-cased and IDNA-encoded."""
     text = _text(value, "email")
+    if len(text) <= EMAIL_MAX_LENGTH and COMMON_EMAIL.match(text):
+        # The everyday ASCII address, which Django's validator accepts too: a million of them in
+        # an upload are checked in a fraction of the time.
+        local, _at, domain = text.rpartition("@")
+        return f"{local}@{domain.lower()}"
     if not text:
         raise FieldError("email", _("required"))
     if "\r" in text or "\n" in text:
@@ -99,6 +109,8 @@ def clean_bind_id(value: object, *, channel_keys: Iterable[str], default: str | 
 
 def _text(value: object, field: str) -> str:
     """A cell or JSON value as text: spreadsheet numbers such as 10001.0 become "10001"."""
+    if type(value) is str:  # the usual case, first
+        return value.strip()
     if value is None:
         return ""
     if isinstance(value, bool | list | dict):

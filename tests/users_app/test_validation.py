@@ -36,3 +36,38 @@ def test_bind_id_all_is_case_insensitive_and_keys_must_exist():
 
 def test_tags_split_on_ascii_and_full_width_commas_without_repeats():
     assert clean_tags("vip\uff0c北京, vip ,,new") == ["vip", "北京", "new"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@example.com",
+        "first.last+tag@sub.Example.ORG",
+        "o'brien@example.ie",
+        "x@xn--fsqu00a.xn--55qx5d",
+        "a..b@example.com",
+        ".a@example.com",
+        "a@example",
+        "a@-example.com",
+        "a@example.c",
+        '"quoted local"@example.com',
+        "a@[127.0.0.1]",
+        "用户@例子.公司",
+        "a@exa_mple.com",
+    ],
+)
+def test_the_fast_path_agrees_with_django_s_validator(address):
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    local, _at, domain = address.rpartition("@")
+    try:
+        expected = f"{local}@{domain.lower().encode('idna').decode()}"
+        validate_email(expected)
+    except (ValidationError, UnicodeError):
+        expected = None
+    try:
+        got = clean_email(address)
+    except FieldError:
+        got = None
+    assert got == expected
