@@ -124,7 +124,11 @@ class ImportJob(models.Model):
 class ImportRow(models.Model):
     """A validated row of an upload, waiting for the upload to be confirmed."""
 
-    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="+")
+    # No database constraint: checking a million rows' job at each commit costs seconds, and the
+    # rows are only ever found, and deleted, by their job.
+    job = models.ForeignKey(
+        ImportJob, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
     row = models.PositiveIntegerField()
     userid = models.CharField(max_length=64)
     bind_id = models.CharField(max_length=24)
@@ -140,7 +144,9 @@ class ImportRow(models.Model):
 class ImportTag(models.Model):
     """A tag of a validated row, waiting like its row."""
 
-    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(
+        ImportJob, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
     userid = models.CharField(max_length=64)
     bind_id = models.CharField(max_length=24)
     tag = models.CharField(max_length=40)
