@@ -29,8 +29,13 @@ class UmsUser(models.Model):
 class UserEmailBinding(models.Model):
     """One email address of a user under one bind_id (`all` or a ChannelKey)."""
 
+    # No index of its own: the unique (user, bind_id) constraint starts with it.
     user = models.ForeignKey(
-        UmsUser, on_delete=models.CASCADE, related_name="bindings", verbose_name=_("user")
+        UmsUser,
+        on_delete=models.CASCADE,
+        related_name="bindings",
+        verbose_name=_("user"),
+        db_index=False,
     )
     bind_id = models.CharField(_("bind_id"), max_length=24, default=ALL_SCOPE)
     email = models.CharField(_("email"), max_length=254)
@@ -53,7 +58,11 @@ class UserEmailBinding(models.Model):
 
 class UserTag(models.Model):
     user = models.ForeignKey(
-        UmsUser, on_delete=models.CASCADE, related_name="tags", verbose_name=_("user")
+        UmsUser,
+        on_delete=models.CASCADE,
+        related_name="tags",
+        verbose_name=_("user"),
+        db_index=False,
     )
     bind_id = models.CharField(_("bind_id"), max_length=24, default=ALL_SCOPE)
     tag = models.CharField(_("tag"), max_length=40)
