@@ -445,6 +445,9 @@ def _apply_staging(job_id: int) -> int:
         ),
     ]
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Checked as each statement runs, not queued for the commit (2M trigger events).
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for sql, params in statements:
             cursor.execute(sql, params)
         cursor.execute("SELECT COUNT(*) FROM users_app_importrow WHERE job_id = %s", [job_id])
