@@ -158,7 +158,7 @@ UMS_IMPORT_SYNC_ROWS = env_int(env, "UMS_IMPORT_SYNC_ROWS", default=5000)
 # Seconds an upload's background check or import may take (a million rows take a few minutes).
 UMS_IMPORT_TIME_LIMIT = env_int(env, "UMS_IMPORT_TIME_LIMIT", default=1800, minimum=60)
 # The delivery pipeline.
-UMS_DELIVERY_BATCH_SIZE = env_int(env, "UMS_DELIVERY_BATCH_SIZE", default=200, minimum=1)
+UMS_DELIVERY_BATCH_SIZE = env_int(env, "UMS_DELIVERY_BATCH_SIZE", default=500, minimum=1)
 UMS_DELIVERY_MAX_ATTEMPTS = env_int(env, "UMS_DELIVERY_MAX_ATTEMPTS", default=5, minimum=1)
 UMS_DELIVERY_RETRY_BASE = env_positive(env, "UMS_DELIVERY_RETRY_BASE", default=30.0)
 # Seconds a claimed delivery may stay "sending" before the sweeper takes it back (a dead worker).
