@@ -194,14 +194,15 @@ class ChannelAdmin(admin.ModelAdmin):
         )
 
 
-STATE_FIELDS = {
+# Read-only fields that report on a sender; the add page leaves them out.
+STATE_FIELDS = (
     "port_exception_state",
     "health",
     "health_checked_at",
     "health_error",
     "created_at",
     "updated_at",
-}
+)
 
 
 @admin.register(EmailSender)
@@ -219,14 +220,7 @@ class EmailSenderAdmin(admin.ModelAdmin):
     list_filter = ["is_enabled", "health", "encryption"]
     search_fields = ["name", "code", "host", "from_address", "account"]
     actions = ["check_selected"]
-    readonly_fields = [
-        "port_exception_state",
-        "health",
-        "health_checked_at",
-        "health_error",
-        "created_at",
-        "updated_at",
-    ]
+    readonly_fields = STATE_FIELDS
     fieldsets = [
         (None, {"fields": ["preset", "name", "code", "is_enabled"]}),
         (
@@ -264,7 +258,7 @@ class EmailSenderAdmin(admin.ModelAdmin):
         return [
             (title, {**options, "fields": [f for f in options["fields"] if f not in STATE_FIELDS]})
             for title, options in self.fieldsets
-            if not set(options["fields"]) <= STATE_FIELDS
+            if not set(options["fields"]) <= set(STATE_FIELDS)
         ]
 
     @admin.display(description=gettext_lazy("server"))

@@ -79,6 +79,14 @@ def _check_zip(path: Path) -> None:
             raise FileRefused(_("The workbook looks like a zip bomb; it was not read."))
 
 
+def _unreadable(exc: Exception) -> FileRefused:
+    # The exception's text can hold server paths: only its kind is shown.
+    return FileRefused(
+        _("The workbook cannot be read (%(kind)s): it is damaged or uses refused XML features.")
+        % {"kind": exc.__class__.__name__}
+    )
+
+
 def _xlsx_rows(path: Path) -> Iterator[list[Any]]:
     import openpyxl
 
@@ -86,19 +94,13 @@ def _xlsx_rows(path: Path) -> Iterator[list[Any]]:
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:
-        raise FileRefused(
-            _("The workbook cannot be read (%(kind)s): it is damaged or uses refused XML features.")
-            % {"kind": exc.__class__.__name__}
-        ) from exc
+        raise _unreadable(exc) from exc
     try:
         sheet = workbook.worksheets[0]
         for row in sheet.iter_rows(values_only=True):
             yield list(row)
     except Exception as exc:
-        raise FileRefused(
-            _("The workbook cannot be read (%(kind)s): it is damaged or uses refused XML features.")
-            % {"kind": exc.__class__.__name__}
-        ) from exc
+        raise _unreadable(exc) from exc
     finally:
         workbook.close()
 
