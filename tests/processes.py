@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from django.db import connection
 
@@ -101,3 +102,17 @@ def redis_server(port: int, log_path: Path) -> Iterator[subprocess.Popen]:
     with running(args, dict(os.environ), log_path) as process:
         wait_for(lambda: port_open(port), timeout=10, what=f"redis on {port}", log_path=log_path)
         yield process
+
+
+def publish(
+    task: Any,
+    *args: Any,
+    url: str,
+    transport_options: dict | None = None,
+    priority: int | None = None,
+) -> None:
+    """Queue a task on a given broker, whatever the test process's own Celery settings say."""
+    from ums.celery import app as celery_app
+
+    with celery_app.connection_for_write(url, transport_options=transport_options or {}) as conn:
+        task.apply_async(args=list(args), connection=conn, priority=priority)

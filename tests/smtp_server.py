@@ -131,6 +131,10 @@ class SilentServer:
             except OSError:
                 return
             self.accepted.append(conn)
+            self._greet(conn)
+
+    def _greet(self, conn: socket.socket) -> None:
+        """Say nothing: a hung server."""
 
     def __enter__(self) -> "SilentServer":
         self._thread.start()
@@ -149,12 +153,6 @@ class RefusingServer(SilentServer):
         super().__init__()
         self.greeting = greeting
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _addr = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-            conn.sendall(self.greeting)
-            conn.close()
+    def _greet(self, conn: socket.socket) -> None:
+        conn.sendall(self.greeting)
+        conn.close()

@@ -6,15 +6,9 @@ import pytest
 
 from channels_app import tasks
 from channels_app.models import EmailSender
-from tests.processes import celery_worker, child_env, wait_for
-from ums.celery import app as celery_app
+from tests.processes import celery_worker, child_env, publish, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-def publish(task, args, *, url: str, transport_options: dict | None = None) -> None:
-    with celery_app.connection_for_write(url, transport_options=transport_options or {}) as conn:
-        task.apply_async(args=args, connection=conn)
 
 
 def filesystem_broker(tmp_path: Path) -> tuple[Path, dict]:
@@ -44,7 +38,7 @@ def test_worker_on_the_file_system_broker_runs_a_sender_check(
     log = tmp_path / "worker.log"
 
     with celery_worker(child_env(CELERY_BROKER_FOLDER=str(folder)), log):
-        publish(tasks.sender_check, [sender.pk], url="filesystem://", transport_options=options)
+        publish(tasks.sender_check, sender.pk, url="filesystem://", transport_options=options)
         wait_for(lambda: health(sender), timeout=60, what="the worker's sender check", log_path=log)
 
     assert sender.health == EmailSender.Health.OK
@@ -59,7 +53,7 @@ def test_worker_on_redis_runs_the_periodic_health_check(
     log = tmp_path / "worker.log"
 
     with celery_worker(child_env(CELERY_BROKER_URL=redis_url), log):
-        publish(tasks.senders_check_health, [], url=redis_url)
+        publish(tasks.senders_check_health, url=redis_url)
         wait_for(lambda: health(due), timeout=60, what="the periodic health check", log_path=log)
 
     assert due.health == EmailSender.Health.OK
@@ -88,7 +82,7 @@ def test_worker_checks_and_imports_a_large_upload(tmp_path: Path):
 
     with celery_worker(child_env(CELERY_BROKER_FOLDER=str(folder)), log):
         publish(
-            user_tasks.import_job_validate, [job.pk], url="filesystem://", transport_options=options
+            user_tasks.import_job_validate, job.pk, url="filesystem://", transport_options=options
         )
         wait_for(
             lambda: status() == ImportJob.Status.VALIDATED,
@@ -96,9 +90,7 @@ def test_worker_checks_and_imports_a_large_upload(tmp_path: Path):
             what="validation",
             log_path=log,
         )
-        publish(
-            user_tasks.import_job_apply, [job.pk], url="filesystem://", transport_options=options
-        )
+        publish(user_tasks.import_job_apply, job.pk, url="filesystem://", transport_options=options)
         wait_for(
             lambda: status() == ImportJob.Status.DONE, timeout=60, what="the import", log_path=log
         )

@@ -17,10 +17,9 @@ from messaging import sending, tasks
 from messaging.models import Delivery, Message
 from messaging.services import Audience, Content, Options, celery_priority, message_create
 from tests.conftest import skip_or_fail
-from tests.processes import celery_worker, child_env, redis_server, wait_for
+from tests.processes import celery_worker, child_env, publish, redis_server, wait_for
 from tests.smtp_server import SmtpTestServer, free_port
 from ums.celery import REDIS_OPTIONS
-from ums.celery import app as celery_app
 from users_app.models import UmsUser, UserEmailBinding
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -82,9 +81,8 @@ def create(channel, userids: list[str]) -> Message:
     return message
 
 
-def publish(url: str, task, *args, priority: int | None = None) -> None:
-    with celery_app.connection_for_write(url, transport_options=REDIS_OPTIONS) as conn:
-        task.apply_async(args=list(args), connection=conn, priority=priority)
+def queue(url: str, task, *args, priority: int | None = None) -> None:
+    publish(task, *args, url=url, transport_options=REDIS_OPTIONS, priority=priority)
 
 
 def received(server) -> Counter:
@@ -95,9 +93,9 @@ def sweep_until_done(url: str, message: Message, server, log: Path, *, expected:
     def done() -> bool:
         outcome = sending.sweep()
         for message_id in outcome.messages:
-            publish(url, tasks.message_dispatch, message_id)
+            queue(url, tasks.message_dispatch, message_id)
         for message_id, batch, _priority in outcome.batches:
-            publish(url, tasks.deliver_batch, message_id, batch)
+            queue(url, tasks.deliver_batch, message_id, batch)
         message.refresh_from_db()
         return message.status == Message.Status.DONE and len(received(server)) == expected
 
@@ -116,7 +114,7 @@ def test_killing_the_worker_mid_batch_loses_nothing(slow_shop, settings, tmp_pat
 
     with redis_server(port, tmp_path / "redis.log"):
         with celery_worker(env, tmp_path / "first-worker.log") as first:
-            publish(url, tasks.message_dispatch, message.pk)
+            queue(url, tasks.message_dispatch, message.pk)
             wait_for(
                 lambda: len(server.recorder.messages) >= 40,
                 timeout=60,
@@ -149,9 +147,9 @@ def test_a_redis_restart_without_persistence_loses_nothing(slow_shop, settings, 
     log = tmp_path / "worker.log"
 
     with redis_server(port, tmp_path / "redis-1.log"):
-        publish(url, tasks.message_dispatch, queued.pk)
+        queue(url, tasks.message_dispatch, queued.pk)
         for batch in resolved.deliveries.values_list("batch", flat=True).distinct():
-            publish(url, tasks.deliver_batch, resolved.pk, batch)
+            queue(url, tasks.deliver_batch, resolved.pk, batch)
     # Redis went away with its queue; a new one starts empty.
     with (
         redis_server(port, tmp_path / "redis-2.log"),
@@ -176,8 +174,8 @@ def test_high_priority_messages_go_first(slow_shop, tmp_path):
     with redis_server(port, tmp_path / "redis.log"):
         # Queued while no worker runs: three low-priority messages, then a high one.
         for message in low:
-            publish(url, tasks.message_dispatch, message.pk, priority=celery_priority(3))
-        publish(url, tasks.message_dispatch, high.pk, priority=celery_priority(1))
+            queue(url, tasks.message_dispatch, message.pk, priority=celery_priority(3))
+        queue(url, tasks.message_dispatch, high.pk, priority=celery_priority(1))
         with celery_worker(child_env(CELERY_BROKER_URL=url, **WORKER_SETTINGS), log):
             wait_for(
                 lambda: len(server.recorder.messages) == 4,
