@@ -39,6 +39,16 @@ class Channel(models.Model):
     senders = models.ManyToManyField(
         "EmailSender", through="ChannelSender", related_name="channels", blank=True
     )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="ums_channels",
+        verbose_name=_("console senders"),
+        help_text=_(
+            "Staff who may send on this channel from the console. "
+            "Leave empty to let every staff member with the send permission use it."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 

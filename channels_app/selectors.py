@@ -1,6 +1,7 @@
 """Reads about channels and senders."""
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import F, Q, QuerySet
@@ -36,3 +37,17 @@ def senders_due_for_health_check(*, now: datetime, interval_minutes: int) -> Que
         .exclude(health=EmailSender.Health.FAILED, health_error_kind="auth")
         .order_by("health_checked_at")
     )
+
+
+def channels_for_console_sender(*, user: Any) -> QuerySet[Channel]:
+    """The enabled channels a staff member may send on from the console.
+
+    A channel with no listed members is open to every staff member with the send permission;
+    one with members only to them (superusers may use every channel).
+    """
+    channels = Channel.objects.filter(status=Channel.Status.ENABLED)
+    if not user.has_perm("messaging.add_message"):
+        return channels.none()
+    if user.is_superuser:
+        return channels
+    return channels.filter(Q(members__isnull=True) | Q(members=user)).distinct()

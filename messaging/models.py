@@ -75,6 +75,9 @@ class Message(models.Model):
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
     )
+    is_test = models.BooleanField(
+        _("test send"), default=False, help_text=_("Sent from the console to its author only.")
+    )
     # Counters kept on the message, so lists never count deliveries.
     total = models.PositiveIntegerField(_("recipients"), default=0)
     invalid = models.PositiveIntegerField(_("invalid"), default=0)
@@ -89,7 +92,10 @@ class Message(models.Model):
         verbose_name = _("message")
         verbose_name_plural = _("messages")
         ordering = ["-created_at"]
-        permissions = [("retract_message", _("Can retract messages"))]
+        permissions = [
+            ("retract_message", _("Can retract messages")),
+            ("retry_message", _("Can retry a message's failed deliveries")),
+        ]
         indexes = [
             models.Index(fields=["channel", "sendno", "created_at"], name="message_sendno_idx"),
             models.Index(fields=["status", "created_at"], name="message_status_idx"),
@@ -150,6 +156,54 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id}:{self.email or self.userid}"
+
+
+class Draft(models.Model):
+    """A message being composed in the console, saved to be reopened; sending stores a Message."""
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="ums_drafts",
+        verbose_name=_("author"),
+    )
+    channel = models.ForeignKey(
+        "channels_app.Channel",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("channel"),
+    )
+    # The audience as composed: {"kind": "userid"|"tag"|"all"|"email", "values": [...]}.
+    audience = models.JSONField(_("audience"), default=dict, blank=True)
+    subject = models.CharField(_("subject"), max_length=998, blank=True)
+    html = models.TextField(_("HTML"), blank=True)
+    from_name = models.CharField(_("display name"), max_length=100, blank=True)
+    reply_to = models.CharField(_("reply to"), max_length=254, blank=True)
+    materials = models.ManyToManyField("Material", blank=True, related_name="drafts")
+    priority = models.PositiveSmallIntegerField(
+        _("priority"), choices=Message.Priority.choices, default=Message.Priority.MEDIUM
+    )
+    send_at = models.DateTimeField(_("scheduled for"), null=True, blank=True)
+    source_message = models.ForeignKey(
+        Message,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("duplicated from"),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("draft")
+        verbose_name_plural = _("drafts")
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.subject or str(_("(no subject)"))
 
 
 class Material(models.Model):

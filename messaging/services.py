@@ -71,6 +71,7 @@ class Options:
     priority: int = Message.Priority.MEDIUM
     send_at: datetime | None = None
     callback: dict[str, Any] = field(default_factory=dict)
+    test: bool = False
 
 
 def html_to_text(markup: str) -> str:
@@ -143,6 +144,7 @@ def _store(
         priority=options.priority,
         send_at=options.send_at,
         callback=options.callback,
+        is_test=options.test,
         status=Message.Status.SCHEDULED if scheduled else Message.Status.QUEUED,
     )
     if content.materials:

@@ -47,7 +47,12 @@ ROLES: dict[str, list[str]] = {
         "messaging.add_message",
         "messaging.view_message",
         "messaging.retract_message",
+        "messaging.retry_message",
         "messaging.view_delivery",
+        "messaging.add_draft",
+        "messaging.change_draft",
+        "messaging.delete_draft",
+        "messaging.view_draft",
     ],
     "Reviewer": [
         "channels_app.view_channel",
