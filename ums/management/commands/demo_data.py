@@ -13,8 +13,16 @@ from django.db import transaction
 
 from channels_app import services
 from channels_app.models import Channel, EmailSender
+from messaging.models import Message
+from messaging.services import Audience, Content, Options, message_create
+from users_app.models import UmsUser
+from users_app.operations import UserChanges, user_changes_apply
 
 CREDENTIALS_FILE = Path(settings.VAR_DIR) / "demo-credentials.json"
+# Customers of the demo shop: every one has an address for all channels, some a shop-only one
+# (which wins when the shop sends), and tags to send to a group.
+DEMO_CUSTOMERS = 24
+DEMO_TAGS = ("vip", "newsletter", "beijing", "shanghai")
 DEMO_USERS = {
     "admin": None,
     "channeladmin": "Channel admin",
@@ -33,6 +41,8 @@ class Command(BaseCommand):
         for username, role in DEMO_USERS.items():
             self._user(username, role, password)
         channel = self._channel()
+        self._audience(channel)
+        self._first_messages(channel)
         self.stdout.write(self.style.SUCCESS("Demo data ready."))
         self.stdout.write("  Console:  http://127.0.0.1:8000/admin/")
         self.stdout.write(
@@ -81,3 +91,40 @@ class Command(BaseCommand):
             )
             services.channel_authorize_sender(channel=channel, sender=sender, is_default=True)
         return channel
+
+    def _audience(self, channel: Channel) -> None:
+        if UmsUser.objects.exists():
+            return
+        for number in range(1, DEMO_CUSTOMERS + 1):
+            userid = f"customer{number:03d}"
+            emails = {"all": f"{userid}@example.com"}
+            if number % 4 == 0:
+                emails[channel.channel_key] = f"{userid}@shop.example.com"
+            tags = [tag for index, tag in enumerate(DEMO_TAGS) if number % (index + 2) == 0]
+            changes = UserChanges(emails=emails, tag_sets={"all": tags} if tags else {})
+            user_changes_apply(userid=userid, changes=changes)
+
+    def _first_messages(self, channel: Channel) -> None:
+        """Two sent messages, so the history and the dashboard have something to show."""
+        if Message.objects.exists():
+            return
+        message_create(
+            channel=channel,
+            audience=Audience(tags=["newsletter"]),
+            content=Content(
+                subject="Our autumn newsletter",
+                html="<h1>Autumn at the Demo shop</h1><p>New arrivals every week.</p>",
+            ),
+            options=Options(owner="demo"),
+            source=Message.Source.API,
+        )
+        message_create(
+            channel=channel,
+            audience=Audience(userids=["customer001", "customer004", "no-such-customer"]),
+            content=Content(
+                subject="Your order has shipped",
+                html="<p>Your parcel is on its way.</p>",
+            ),
+            options=Options(owner="demo", priority=Message.Priority.HIGH),
+            source=Message.Source.API,
+        )
