@@ -5,3 +5,7 @@ from django.utils.translation import gettext_lazy as _
 class MessagingConfig(AppConfig):
     name = "messaging"
     verbose_name = _("Messaging")
+
+    def ready(self) -> None:
+        # The compose page registers the drafts' admin; it lives apart from messaging/admin.py.
+        from messaging.compose import admin  # noqa: F401
