@@ -1,4 +1,4 @@
-"""Writes for messages: create (API and console alike), retract, materials; the mail catcher."""
+"""Writes for messages: create (API and console alike), retract, retry, materials, mail catcher."""
 
 import html as html_lib
 import logging
@@ -11,9 +11,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from kombu.exceptions import OperationalError
@@ -208,6 +210,65 @@ def message_retract(*, message: Message) -> dict[str, int]:
         "sent": message.sent,
         "in_flight": _count(message, Delivery.Status.SENDING),
     }
+
+
+def message_retry_failed(*, message: Message) -> int:
+    """Send a message's failed deliveries again; returns how many were put back.
+
+    In one transaction the failed rows become pending with their tries reset, the failed
+    counter drops by as many, and the message is `sending` again. Each row keeps its last SMTP
+    code and reply until the new attempt overwrites them, so the console still shows why it
+    failed while it waits. After the commit each batch with such rows is queued; if the broker
+    is down, the sweeper hands those batches out once UMS_DISPATCH_GRACE has passed.
+    """
+    with transaction.atomic():
+        # Locks the message against a concurrent retract or retry (not its channel's row).
+        locked = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("channel")
+            .get(pk=message.pk)
+        )
+        _check_retryable(locked)
+        failed = Delivery.objects.filter(message=locked, status=Delivery.Status.FAILED)
+        batches = sorted(set(failed.values_list("batch", flat=True).order_by()))
+        count = failed.update(
+            status=Delivery.Status.PENDING,
+            attempts=0,
+            next_attempt_at=None,
+            claimed_at=None,
+            updated_at=timezone.now(),  # so the sweeper gives the queued tasks time to run
+        )
+        if not count:
+            raise ValidationError(_("The message has no failed deliveries to retry."))
+        # The counter may lag the rows (it is recounted when the message finishes).
+        Message.objects.filter(pk=locked.pk).update(
+            failed=Greatest(F("failed") - count, 0),
+            status=Message.Status.SENDING,
+            finished_at=None,
+        )
+        transaction.on_commit(lambda: _enqueue_batches(locked, batches))
+    message.refresh_from_db()
+    return count
+
+
+def _check_retryable(message: Message) -> None:
+    if message.status == Message.Status.RETRACTED:
+        raise ValidationError(_("The message was retracted: its failed deliveries stay failed."))
+    if message.status not in (Message.Status.SENDING, Message.Status.DONE):
+        raise ValidationError(_("The message has not been sent yet."))
+    if not message.channel.is_enabled:
+        raise ValidationError(_("The channel is closed."))
+
+
+def _enqueue_batches(message: Message, batches: list[int]) -> None:
+    from messaging import tasks
+
+    priority = celery_priority(message.priority)
+    try:
+        for batch in batches:
+            tasks.deliver_batch.apply_async(args=[message.pk, batch], priority=priority)
+    except OperationalError:
+        logger.warning("broker unreachable; retry of %s waits for the sweeper", message.msgid)
 
 
 def _count(message: Message, status: str) -> int:
