@@ -1,0 +1,118 @@
+"""Browser tests: Playwright drives the system Chromium against a live server.
+
+Without Chromium at /usr/bin/chromium the tests are skipped with the reason; with
+UMS_REQUIRE_BROWSER=1 (CI) that is a failure instead. Playwright never downloads a browser here.
+UMS_SCREENSHOTS=1 saves the screenshots of the main pages into docs/screenshots/.
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.processes import ROOT
+from ums.roles import ROLES
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+REQUIRE_BROWSER = os.environ.get("UMS_REQUIRE_BROWSER") == "1"
+SCREENSHOTS = os.environ.get("UMS_SCREENSHOTS") == "1"
+SCREENSHOT_DIR = ROOT / "docs" / "screenshots"
+
+# Auto-waiting assertions give a page this long to show what is expected.
+expect.set_options(timeout=10_000)
+
+
+def chromium_missing() -> str:
+    if not CHROMIUM.exists():
+        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is not executable"
+    return ""
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
+    """The system Chromium, started for one test.
+
+    Playwright's sync API keeps an asyncio loop running in this thread while it is started, so
+    Django would refuse ORM calls from the test; the test's own queries run between browser
+    steps, never concurrently with them, which is what DJANGO_ALLOW_ASYNC_UNSAFE allows. Starting
+    and stopping per test leaves no loop behind for the tests that follow.
+    """
+    reason = chromium_missing()
+    if reason:
+        if REQUIRE_BROWSER:
+            pytest.fail(f"{reason} (UMS_REQUIRE_BROWSER=1)")
+        pytest.skip(reason)
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def staff_roles(transactional_db) -> None:
+    """The role groups of the data migrations, which the flush after a transactional test removes.
+
+    (The flush recreates the permissions, not the groups.)
+    """
+    for role, dotted in ROLES.items():
+        group, _created = Group.objects.get_or_create(name=role)
+        for name in dotted:
+            app_label, codename = name.split(".")
+            group.permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+
+
+@pytest.fixture
+def role_user(staff_roles, role_user):
+    """tests/conftest.py's staff users, once the role groups exist."""
+    return role_user
+
+
+@pytest.fixture
+def new_page(browser: Browser, live_server, staff_roles) -> Callable[[], Page]:
+    """Opens a page in a fresh browser session (its own cookies) on the live server."""
+
+    def make() -> Page:
+        context = browser.new_context(
+            base_url=live_server.url, viewport=VIEWPORT, locale="en-US", timezone_id="UTC"
+        )
+        context.set_default_timeout(15_000)
+        return context.new_page()
+
+    return make
+
+
+@pytest.fixture
+def page(new_page: Callable[[], Page]) -> Page:
+    return new_page()
+
+
+@pytest.fixture
+def screenshot() -> Callable[..., None]:
+    """Saves the page as docs/screenshots/<name>.png, only when UMS_SCREENSHOTS=1 asks for it."""
+
+    def save(page: Page, name: str, *, full_page: bool = False) -> None:
+        if SCREENSHOTS:
+            SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT_DIR / f"{name}.png"), full_page=full_page)
+
+    return save
