@@ -163,7 +163,16 @@ def send(model_admin: ModelAdmin, request: HttpRequest, draft: Draft) -> HttpRes
 
 
 def already_sent(request: HttpRequest) -> HttpResponse:
-    messages.warning(request, _("This draft was already sent or deleted: nothing more was sent."))
+    messages.warning(
+        request,
+        format_html(
+            _(
+                "This draft was already sent or deleted: nothing more was sent. "
+                '<a href="{url}">See the messages</a>.'
+            ),
+            url=reverse("admin:messaging_message_changelist"),
+        ),
+    )
     return HttpResponseRedirect(reverse("admin:messaging_draft_changelist"))
 
 

@@ -1,7 +1,19 @@
 // The compose page: a live preview of the HTML body, its plain-text part from the server,
-// only the chosen kind of recipients shown, and a warning before leaving unsaved changes.
+// only the chosen kind of recipients shown, and a warning before leaving unsaved changes;
+// on the review page, one send per press.
 "use strict";
 (function () {
+  // Review page: a second press of Confirm send while the first is on its way does nothing.
+  const confirm = document.getElementById("review-confirm");
+  if (confirm) {
+    confirm.addEventListener("submit", (event) => {
+      if (confirm.dataset.sending) {
+        event.preventDefault();
+      }
+      confirm.dataset.sending = "1";
+    });
+  }
+
   const form = document.getElementById("compose-form");
   if (!form) {
     return;
