@@ -150,6 +150,18 @@ class Delivery(models.Model):
                 name="delivery_due_idx",
                 condition=Q(status__in=["sending", "retrying", "pending"]),
             ),
+            # The dashboard's failures of the last hour: a failed row's last write or its last
+            # retry time, over the failed rows only (see ums.dashboard.sender_failures_since).
+            models.Index(
+                fields=["updated_at"],
+                name="delivery_failed_updated_idx",
+                condition=Q(status="failed"),
+            ),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_failed_retry_idx",
+                condition=Q(status="failed"),
+            ),
             models.Index(fields=["email"], name="delivery_email_idx"),
             models.Index(fields=["userid"], name="delivery_userid_idx"),
         ]
