@@ -49,6 +49,34 @@ class Channel(models.Model):
             "Leave empty to let every staff member with the send permission use it."
         ),
     )
+    is_marketing = models.BooleanField(
+        _("marketing mail"),
+        default=False,
+        help_text=_(
+            "Marketing mail carries a one-click unsubscribe link (List-Unsubscribe); "
+            "an unsubscribed address receives nothing more from this channel."
+        ),
+    )
+    suppress_on_permanent_failure = models.BooleanField(
+        _("suppress addresses that fail permanently"),
+        default=False,
+        help_text=_(
+            "Add an address to the channel's suppression list when its server refuses it "
+            "with a permanent (5xx) error."
+        ),
+    )
+    api_rate_per_minute = models.PositiveIntegerField(
+        _("API requests per minute"),
+        null=True,
+        blank=True,
+        help_text=_("Send requests this channel may make per minute; empty: no limit."),
+    )
+    daily_broadcast_quota = models.PositiveIntegerField(
+        _("broadcasts per day"),
+        null=True,
+        blank=True,
+        help_text=_("Broadcasts this channel may send per day; empty: no limit."),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -151,6 +179,16 @@ class EmailSender(models.Model):
         _("port exception approved at"), null=True, blank=True, editable=False
     )
     is_enabled = models.BooleanField(_("enabled"), default=True)
+    # Sending limits, kept across all workers and machines (the provider's quota).
+    rate_per_second = models.PositiveIntegerField(
+        _("emails per second"), null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    rate_per_minute = models.PositiveIntegerField(
+        _("emails per minute"), null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    rate_per_day = models.PositiveIntegerField(
+        _("emails per day"), null=True, blank=True, validators=[MinValueValidator(1)]
+    )
     health = models.CharField(
         _("health"), max_length=10, choices=Health.choices, default=Health.UNKNOWN, editable=False
     )
@@ -261,3 +299,85 @@ class AccessKey(models.Model):
 
     def __str__(self) -> str:
         return self.access_key
+
+
+class CallbackUrl(models.Model):
+    """Where a channel's status records are POSTed; verified with an echostr before use."""
+
+    MAX_PER_CHANNEL = 5
+
+    channel = models.ForeignKey(
+        Channel, on_delete=models.CASCADE, related_name="callback_urls", verbose_name=_("channel")
+    )
+    url = models.URLField(_("URL"), max_length=500)
+    position = models.PositiveSmallIntegerField(
+        _("position"), default=0, help_text=_("The first URL is the channel's default.")
+    )
+    verified_at = models.DateTimeField(_("verified"), null=True, blank=True, editable=False)
+    verification_error = models.TextField(_("last verification error"), blank=True, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("callback URL")
+        verbose_name_plural = _("callback URLs")
+        ordering = ["channel", "position", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "url"], name="callback_url_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def is_verified(self) -> bool:
+        return self.verified_at is not None
+
+
+class SendingRule(models.Model):
+    """A sending strategy (`rule_id`): the channel's senders in the order they are tried."""
+
+    channel = models.ForeignKey(
+        Channel, on_delete=models.CASCADE, related_name="sending_rules", verbose_name=_("channel")
+    )
+    rule_id = models.PositiveIntegerField(
+        _("rule_id"), validators=[MinValueValidator(1)], help_text=_("The number API calls use.")
+    )
+    name = models.CharField(_("name"), max_length=64)
+    is_enabled = models.BooleanField(_("enabled"), default=True)
+    senders = models.ManyToManyField(
+        EmailSender, through="SendingRuleStep", related_name="sending_rules", blank=True
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("sending strategy")
+        verbose_name_plural = _("sending strategies")
+        ordering = ["channel", "rule_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "rule_id"], name="sending_rule_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}: {self.name}"
+
+
+class SendingRuleStep(models.Model):
+    """One sender of a strategy; a recipient that fails for good on it moves to the next."""
+
+    rule = models.ForeignKey(SendingRule, on_delete=models.CASCADE, related_name="steps")
+    sender = models.ForeignKey(
+        EmailSender, on_delete=models.PROTECT, related_name="+", verbose_name=_("email sender")
+    )
+    position = models.PositiveSmallIntegerField(_("order"), default=0)
+
+    class Meta:
+        verbose_name = _("sender of the strategy")
+        verbose_name_plural = _("senders of the strategy, in order")
+        ordering = ["rule", "position", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "sender"], name="sending_rule_step_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.sender)

@@ -75,6 +75,41 @@ class Message(models.Model):
     status = models.CharField(
         _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
     )
+    template = models.ForeignKey(
+        "MessageTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+        verbose_name=_("template"),
+    )
+    template_para = models.JSONField(_("template variables"), default=dict, blank=True)
+    # The subject or body still holds {{userid}} / {{email}}, filled in per recipient.
+    personalized = models.BooleanField(default=False, editable=False)
+    rule = models.ForeignKey(
+        "channels_app.SendingRule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+        verbose_name=_("sending strategy"),
+    )
+    black_list = models.ForeignKey(
+        "RecipientList",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("blacklist"),
+    )
+    white_list = models.ForeignKey(
+        "RecipientList",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("whitelist"),
+    )
     is_test = models.BooleanField(
         _("test send"), default=False, help_text=_("Sent from the console to its author only.")
     )
@@ -134,6 +169,13 @@ class Delivery(models.Model):
     smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
     smtp_reply = models.CharField(_("SMTP reply"), max_length=500, blank=True)
     smtp_message_id = models.CharField(_("Message-ID"), max_length=255, blank=True)
+    # Which sender of the message's strategy this row is on (0: the first, or the default).
+    # Database defaults too: the pipeline writes rows with plain SQL that names only its columns.
+    step = models.PositiveSmallIntegerField(_("strategy step"), default=0, db_default=0)
+    # Status records still to report to the message's callback URL, and those already queued
+    # (a bit per callback type), so that no record is reported twice.
+    callback_due = models.BooleanField(default=False, db_default=False)
+    callback_reported = models.PositiveIntegerField(default=0, db_default=0)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -162,12 +204,197 @@ class Delivery(models.Model):
                 name="delivery_failed_retry_idx",
                 condition=Q(status="failed"),
             ),
+            models.Index(
+                fields=["id"], name="delivery_callback_due_idx", condition=Q(callback_due=True)
+            ),
             models.Index(fields=["email"], name="delivery_email_idx"),
             models.Index(fields=["userid"], name="delivery_userid_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.message_id}:{self.email or self.userid}"
+
+
+class MessageTemplate(models.Model):
+    """Subject and HTML with {{variable}} placeholders, escaped when filled in."""
+
+    channel = models.ForeignKey(
+        "channels_app.Channel",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="templates",
+        verbose_name=_("channel"),
+        help_text=_("Leave empty to let every channel use the template."),
+    )
+    name = models.CharField(_("name"), max_length=100)
+    subject = models.CharField(_("subject"), max_length=998)
+    html = models.TextField(_("HTML"))
+    is_enabled = models.BooleanField(_("enabled"), default=True)
+    # The placeholders' names, kept in step with subject and HTML by the service that saves it.
+    variables = models.JSONField(_("variables"), default=list, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("template")
+        verbose_name_plural = _("templates")
+        ordering = ["name", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.pk}: {self.name}"
+
+
+class CallbackBatch(models.Model):
+    """Up to 100 status records POSTed together to one callback URL; retried, then dropped."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Waiting")
+        DELIVERED = "delivered", _("Delivered")
+        DROPPED = "dropped", _("Dropped")
+
+    channel = models.ForeignKey(
+        "channels_app.Channel",
+        on_delete=models.CASCADE,
+        related_name="callback_batches",
+        verbose_name=_("channel"),
+    )
+    url = models.CharField(_("URL"), max_length=500)
+    records = models.JSONField(_("records"), default=list)
+    size = models.PositiveSmallIntegerField(_("records"), default=0)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(_("last HTTP status"), null=True)
+    last_error = models.CharField(_("last error"), max_length=500, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("callback batch")
+        verbose_name_plural = _("callback batches")
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="callback_batch_due_idx",
+                condition=Q(status="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.size})"
+
+
+class RecipientList(models.Model):
+    """A numbered black or white list of userids (`option.black_id` / `white_id`)."""
+
+    class Kind(models.TextChoices):
+        BLACK = "black", _("Blacklist")
+        WHITE = "white", _("Whitelist")
+
+    kind = models.CharField(_("kind"), max_length=5, choices=Kind.choices)
+    number = models.PositiveIntegerField(
+        _("number"), help_text=_("The id API calls give as black_id or white_id.")
+    )
+    name = models.CharField(_("name"), max_length=100)
+    channel = models.ForeignKey(
+        "channels_app.Channel",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="recipient_lists",
+        verbose_name=_("channel"),
+        help_text=_("Leave empty to let every channel use the list."),
+    )
+    size = models.PositiveIntegerField(_("userids"), default=0, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("black or white list")
+        verbose_name_plural = _("black and white lists")
+        ordering = ["kind", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "number"], name="recipient_list_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.number}: {self.name}"
+
+
+class RecipientListEntry(models.Model):
+    recipient_list = models.ForeignKey(
+        RecipientList, on_delete=models.CASCADE, related_name="entries"
+    )
+    userid = models.CharField(_("userid"), max_length=64)
+    created_at = models.DateTimeField(_("added"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("list entry")
+        verbose_name_plural = _("list entries")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recipient_list", "userid"], name="recipient_list_entry_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.userid
+
+
+class SuppressedAddress(models.Model):
+    """An address that receives no mail: from every channel, or from one."""
+
+    class Reason(models.TextChoices):
+        MANUAL = "manual", _("Added by staff")
+        UNSUBSCRIBE = "unsubscribe", _("Unsubscribed")
+        FAILURE = "failure", _("Permanent failure")
+
+    email = models.CharField(_("email"), max_length=254)
+    channel = models.ForeignKey(
+        "channels_app.Channel",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="suppressed_addresses",
+        verbose_name=_("channel"),
+        help_text=_("Leave empty to suppress the address for every channel."),
+    )
+    reason = models.CharField(_("reason"), max_length=12, choices=Reason.choices)
+    note = models.CharField(_("note"), max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(_("added"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("suppressed address")
+        verbose_name_plural = _("suppression list")
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            # One row per address and scope; NULLS NOT DISTINCT is not on SQLite, so the
+            # all-channels scope gets its own constraint.
+            models.UniqueConstraint(
+                fields=["email", "channel"],
+                name="suppressed_per_channel_unique",
+                condition=Q(channel__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["email"],
+                name="suppressed_everywhere_unique",
+                condition=Q(channel__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
 
 
 class Draft(models.Model):

@@ -28,6 +28,13 @@ ROLES: dict[str, list[str]] = {
         "messaging.delete_capturedemail",
         "messaging.view_message",
         "messaging.view_delivery",
+        *(
+            f"channels_app.{action}_{model}"
+            for model in ("callbackurl", "sendingrule", "sendingrulestep")
+            for action in ("add", "change", "delete", "view")
+        ),
+        "messaging.view_callbackbatch",
+        "messaging.change_callbackbatch",
     ],
     "Data admin": [
         "channels_app.view_channel",
@@ -37,6 +44,11 @@ ROLES: dict[str, list[str]] = {
             for action in ("add", "change", "delete", "view")
         ),
         "users_app.export_useremailbinding",
+        *(
+            f"messaging.{action}_{model}"
+            for model in ("recipientlist", "recipientlistentry", "suppressedaddress")
+            for action in ("add", "change", "delete", "view")
+        ),
     ],
     "Marketing": [
         "channels_app.view_channel",
@@ -53,6 +65,10 @@ ROLES: dict[str, list[str]] = {
         "messaging.change_draft",
         "messaging.delete_draft",
         "messaging.view_draft",
+        *(f"messaging.{action}_messagetemplate" for action in ("add", "change", "delete", "view")),
+        "channels_app.view_sendingrule",
+        "messaging.view_recipientlist",
+        "messaging.view_suppressedaddress",
     ],
     "Reviewer": [
         "channels_app.view_channel",
@@ -62,6 +78,10 @@ ROLES: dict[str, list[str]] = {
         "users_app.view_usertag",
         "messaging.view_message",
         "messaging.view_delivery",
+        "messaging.view_messagetemplate",
+        "messaging.view_callbackbatch",
+        "messaging.view_recipientlist",
+        "messaging.view_suppressedaddress",
     ],
 }
 
