@@ -214,7 +214,12 @@ class ComposeForm(forms.Form):
         except recipients.RecipientsRefused as exc:
             self.add_error("userid_file", exc.message)
             return typed
-        return tuple(dict.fromkeys(typed + from_file))
+        userids = tuple(dict.fromkeys(typed + from_file))
+        if len(userids) > recipients.MAX_USERIDS:
+            raise recipients.RecipientsRefused(
+                _("At most %(max)d userids.") % {"max": recipients.MAX_USERIDS}
+            )
+        return userids
 
     def _field_of(self, problem: str) -> str | None:
         if problem == "audience":
