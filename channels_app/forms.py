@@ -53,14 +53,17 @@ class EmailSenderForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["preset"].widget.attrs["data-presets"] = json.dumps(
-            {p["key"]: {k: p[k] for k in ("host", "port", "encryption")} for p in PRESETS}
-        )
-        allowed = ", ".join(str(p) for p in sorted(settings.UMS_SMTP_ALLOWED_PORTS))
-        self.fields["port"].help_text = _(
-            "Allowed: %(ports)s. Any other port needs a justification and an approval."
-        ) % {"ports": allowed}
-        if self.instance.pk and self.instance.has_password:
+        # A user who may only view senders gets this form without its editable fields.
+        if "preset" in self.fields:
+            self.fields["preset"].widget.attrs["data-presets"] = json.dumps(
+                {p["key"]: {k: p[k] for k in ("host", "port", "encryption")} for p in PRESETS}
+            )
+        if "port" in self.fields:
+            allowed = ", ".join(str(p) for p in sorted(settings.UMS_SMTP_ALLOWED_PORTS))
+            self.fields["port"].help_text = _(
+                "Allowed: %(ports)s. Any other port needs a justification and an approval."
+            ) % {"ports": allowed}
+        if "password" in self.fields and self.instance.pk and self.instance.has_password:
             self.fields["password"].widget.attrs["placeholder"] = _("(unchanged)")
 
     def clean(self) -> dict[str, Any]:

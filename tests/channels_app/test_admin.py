@@ -13,12 +13,12 @@ from tests.smtp_server import PASSWORD, USERNAME
 pytestmark = pytest.mark.django_db
 
 ROLE_EXPECTATIONS = {
-    # role: (channel list, channel change page, sender list, sender add page)
-    None: (200, 200, 200, 200),
-    "Channel admin": (200, 200, 200, 200),
-    "Data admin": (200, 200, 403, 403),
-    "Marketing": (200, 200, 200, 403),
-    "Reviewer": (200, 200, 200, 403),
+    # role: (channel list, channel page, sender list, sender add page, sender page)
+    None: (200, 200, 200, 200, 200),
+    "Channel admin": (200, 200, 200, 200, 200),
+    "Data admin": (200, 200, 403, 403, 403),
+    "Marketing": (200, 200, 200, 403, 200),
+    "Reviewer": (200, 200, 200, 403, 200),
 }
 
 
@@ -34,6 +34,7 @@ def test_admin_pages_render_for_each_role(client, role_user, make_sender, role):
         client.get(reverse("admin:channels_app_channel_change", args=[channel.pk])).status_code,
         client.get(reverse("admin:channels_app_emailsender_changelist")).status_code,
         client.get(reverse("admin:channels_app_emailsender_add")).status_code,
+        client.get(reverse("admin:channels_app_emailsender_change", args=[sender.pk])).status_code,
     )
 
     assert statuses == ROLE_EXPECTATIONS[role]
