@@ -438,7 +438,7 @@ class Draft(models.Model):
 
     class Meta:
         verbose_name = _("draft")
-        verbose_name_plural = _("drafts")
+        verbose_name_plural = _("compose / drafts")
         ordering = ["-updated_at"]
 
     def __str__(self) -> str:
