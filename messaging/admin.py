@@ -115,6 +115,7 @@ class ReadOnlyMixin:
 
 
 TIME_FORMAT = "Y-m-d H:i:s"
+SHORT_TIME_FORMAT = "Y-m-d H:i"
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # The message's HTML is shown in a sandboxed iframe (no scripts, no forms, no same origin);
 # this policy, put first in the frame's document, also keeps it from loading anything remote
@@ -126,8 +127,11 @@ FRAME_POLICY_REMOTE = (
 )
 
 
-def when(value: datetime | None) -> str:
-    return format_date(timezone.localtime(value), TIME_FORMAT) if value else "—"
+def when(value: datetime | None, *, short: bool = False) -> str:
+    """A time in the current time zone, to the second (to the minute in lists)."""
+    if value is None:
+        return "—"
+    return format_date(timezone.localtime(value), SHORT_TIME_FORMAT if short else TIME_FORMAT)
 
 
 class CreatedRangeFilter(admin.ListFilter):
@@ -207,12 +211,12 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "msgid",
         "channel",
         "subject_column",
+        "status_column",
+        "progress",
         "source",
         "owner_column",
-        "created_at",
-        "send_at",
-        "progress",
-        "status_column",
+        "created_column",
+        "scheduled_column",
     ]
     list_display_links = ["msgid"]
     list_filter = ["channel", "status", "source", "is_test", "priority", CreatedRangeFilter]
@@ -258,6 +262,14 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         if message.owner:
             return message.owner
         return message.created_by.get_username() if message.created_by else "—"
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def created_column(self, message: Message) -> str:
+        return when(message.created_at, short=True)
+
+    @admin.display(description=_("scheduled for"), ordering="send_at")
+    def scheduled_column(self, message: Message) -> str:
+        return when(message.send_at, short=True)
 
     @admin.display(description=_("progress"))
     def progress(self, message: Message) -> str:
@@ -407,7 +419,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             raise PermissionDenied
         if permission and not request.user.has_perm(permission):
             raise PermissionDenied
-        return get_object_or_404(Message.objects.select_related("channel"), pk=pk)
+        return get_object_or_404(Message, pk=pk)
 
     @staticmethod
     def _page(message: Message) -> HttpResponse:

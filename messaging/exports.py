@@ -37,24 +37,12 @@ def delivery_headers() -> list[str]:
 
 def delivery_rows(*, message: Message, status: str = "") -> Iterator[list[Any]]:
     """One list of cells per delivery, in id order; times in the current time zone, naive."""
+    labels = {value: str(label) for value, label in Delivery.Status.choices}
     for chunk in message_delivery_chunks(message=message, status=status, chunk=CHUNK):
-        for delivery in chunk:
-            yield _cells(message, delivery)
-
-
-def _cells(message: Message, delivery: Delivery) -> list[Any]:
-    cells: list[Any] = [
-        message.msgid,
-        delivery.userid,
-        delivery.email,
-        delivery.get_status_display(),
-        delivery.attempts,
-        delivery.smtp_code,
-        delivery.smtp_reply,
-        delivery.smtp_message_id,
-        _local(delivery.sent_at),
-    ]
-    return [escape_formula(cell) for cell in cells]
+        for _id, userid, email, state, attempts, code, reply, message_id, sent_at in chunk:
+            cells = [message.msgid, userid, email, labels.get(state, state), attempts, code]
+            cells += [reply, message_id, _local(sent_at)]
+            yield [escape_formula(cell) for cell in cells]
 
 
 def _local(value: datetime | None) -> datetime | None:

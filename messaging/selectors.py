@@ -223,15 +223,31 @@ def message_deliveries_page(
     return DeliveryPage(found[:size], has_previous=after is not None, has_next=len(found) > size)
 
 
+EXPORT_COLUMNS = (
+    "id",
+    "userid",
+    "email",
+    "status",
+    "attempts",
+    "smtp_code",
+    "smtp_reply",
+    "smtp_message_id",
+    "sent_at",
+)
+
+
 def message_delivery_chunks(
     *, message: Message, status: str = "", chunk: int = 5000
-) -> Iterator[list[Delivery]]:
-    """All of a message's deliveries in id order, a chunk at a time (for exports)."""
-    rows = message_deliveries(message=message, status=status)
+) -> Iterator[list[tuple]]:
+    """All of a message's deliveries in id order as tuples of EXPORT_COLUMNS, a chunk at a time.
+
+    Keyset chunks along the (message, id) index: memory stays flat for any number of rows.
+    """
+    rows = message_deliveries(message=message, status=status).values_list(*EXPORT_COLUMNS)
     last = 0
     while True:
         found = list(rows.filter(id__gt=last).order_by("id")[:chunk])
         if not found:
             return
         yield found
-        last = found[-1].pk
+        last = found[-1][0]
