@@ -1,6 +1,7 @@
 """The spreadsheet import service: validation, duplicates, scopes, atomicity, hostile files."""
 
 import io
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -381,3 +382,278 @@ def test_lost_and_abandoned_uploads_are_queued_again(tmp_path, monkeypatch, sett
     assert tasks.import_jobs_sweep() == 1
     assert queued == [lost.pk]
     assert fresh.pk not in queued
+
+
+# --- the .xlsx reader -------------------------------------------------------------------------
+
+
+def openpyxl_rows(path: Path) -> list[list]:
+    """What openpyxl's read-only mode gives for the same file, trailing empty cells left off."""
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        return [trimmed(row) for row in workbook.worksheets[0].iter_rows(values_only=True)]
+    finally:
+        workbook.close()
+
+
+def trimmed(row) -> list:
+    row = list(row)
+    while row and row[-1] is None:
+        row.pop()
+    return row
+
+
+def our_rows(path: Path) -> list[list]:
+    return [trimmed(row) for row in importer.read_rows(path)]
+
+
+def test_the_reader_gives_what_openpyxl_gives_for_every_kind_of_cell(tmp_path):
+    from datetime import date, datetime, time
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "users"
+    sheet.append(["userid", "email", "bind_id", "tag", "n", "when"])
+    sheet.append(
+        ["  spaced  ", "A@Example.COM", None, "客户, 重要", 10001, datetime(2024, 5, 6, 7, 8)]
+    )
+    sheet.append([10002.0, "b@example.com", "all", True, 1.5, date(2024, 1, 31)])
+    sheet.append([None, None, None, None, None, None])
+    sheet.append(["=1+1", "c@example.com", "", "x" * 40, -3, time(9, 30)])
+    sheet["B9"] = "far below, one cell only"
+    sheet["D9"] = "and a gap before it"
+    sheet["H2"] = 1e20
+    sheet["A10"] = "'=quoted"
+    workbook.create_sheet("second").append(["not", "read"])
+    path = tmp_path / "kinds.xlsx"
+    workbook.save(path)
+
+    rows = our_rows(path)
+
+    assert rows == openpyxl_rows(path)
+    assert rows[1][:2] == ["  spaced  ", "A@Example.COM"]
+    assert rows[2][0] == 10002 and type(rows[2][0]) is int
+    assert rows[3] == [] and rows[8][3] == "and a gap before it"
+
+
+def test_the_reader_reads_inline_strings_as_openpyxl_writes_them(tmp_path):
+    workbook = openpyxl.Workbook(write_only=True)
+    sheet = workbook.create_sheet()
+    sheet.append(["userid", "email"])
+    for i in range(300):
+        sheet.append([f"u{i}", f"u{i}@example.com", None, "vip" if i % 2 else None])
+    path = tmp_path / "inline.xlsx"
+    workbook.save(path)
+
+    assert our_rows(path) == openpyxl_rows(path)
+    assert len(our_rows(path)) == 301
+
+
+def handmade_xlsx(
+    sheet: str, strings: str = "", *, prefix: str = "", workbook_pr: str = "", styles: str = ""
+) -> bytes:
+    """A workbook from XML written by hand, for what Excel, LibreOffice and others may write."""
+    ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    pkg = "http://schemas.openxmlformats.org/package/2006/relationships"
+    ct = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+    decl = f'xmlns{":" + prefix[:-1] if prefix else ""}="{ns}"'
+    parts = {
+        "[Content_Types].xml": (
+            '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+            'relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
+            f'<Override PartName="/xl/workbook.xml" ContentType="{ct}.sheet.main+xml"/>'
+            f'<Override PartName="/xl/worksheets/sheet1.xml" ContentType="{ct}.worksheet+xml"/>'
+            f'<Override PartName="/xl/sharedStrings.xml" ContentType="{ct}.sharedStrings+xml"/>'
+            f'<Override PartName="/xl/styles.xml" ContentType="{ct}.styles+xml"/></Types>'
+        ),
+        "_rels/.rels": (
+            f'<Relationships xmlns="{pkg}"><Relationship Id="rId1" Type="{rel}/officeDocument"'
+            ' Target="xl/workbook.xml"/></Relationships>'
+        ),
+        "xl/workbook.xml": (
+            f'<{prefix}workbook {decl} xmlns:r="{rel}">{workbook_pr}<{prefix}sheets>'
+            f'<{prefix}sheet name="S" sheetId="1" r:id="rId1"/></{prefix}sheets>'
+            f"</{prefix}workbook>"
+        ),
+        "xl/_rels/workbook.xml.rels": (
+            f'<Relationships xmlns="{pkg}">'
+            f'<Relationship Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{rel}/sharedStrings" Target="sharedStrings.xml"/>'
+            f'<Relationship Id="rId3" Type="{rel}/styles" Target="styles.xml"/></Relationships>'
+        ),
+        "xl/worksheets/sheet1.xml": (
+            f"<{prefix}worksheet {decl}><{prefix}sheetData>{sheet}</{prefix}sheetData>"
+            f"</{prefix}worksheet>"
+        ),
+        "xl/sharedStrings.xml": f"<{prefix}sst {decl}>{strings}</{prefix}sst>",
+        "xl/styles.xml": styles
+        or f'<styleSheet xmlns="{ns}"><cellXfs count="1"><xf numFmtId="0"/></cellXfs></styleSheet>',
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in parts.items():
+            archive.writestr(name, '<?xml version="1.0" encoding="UTF-8"?>\n' + text)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("prefix", ["", "x:"])
+@pytest.mark.filterwarnings("ignore::UserWarning:openpyxl")
+def test_the_reader_handles_rich_text_gaps_and_cells_without_references(tmp_path, prefix):
+    p = prefix
+    strings = (
+        f"<{p}si><{p}t>userid</{p}t></{p}si><{p}si><{p}t>email</{p}t></{p}si>"
+        f'<{p}si><{p}r><{p}t>zhang</{p}t></{p}r><{p}r><{p}rPr/><{p}t xml:space="preserve">'
+        f' san</{p}t></{p}r><{p}rPh sb="0" eb="1"><{p}t>ちょう</{p}t></{p}rPh></{p}si>'
+        f"<{p}si><{p}t>a&amp;b_x005F_x000D_@example.com</{p}t></{p}si>"
+    )
+    sheet = (
+        f'<{p}row r="1"><{p}c r="A1" t="s"><{p}v>0</{p}v></{p}c>'
+        f'<{p}c r="B1" t="s"><{p}v>1</{p}v></{p}c></{p}row>'
+        f'<{p}row r="2"><{p}c t="s"><{p}v>2</{p}v></{p}c><{p}c t="s"><{p}v>3</{p}v></{p}c>'
+        f'<{p}c r="E2" t="inlineStr"><{p}is><{p}r><{p}t>in</{p}t></{p}r><{p}r><{p}t>line</{p}t>'
+        f"</{p}r></{p}is></{p}c></{p}row>"
+        f'<{p}row r="5"><{p}c r="A5" t="str"><{p}f>A1</{p}f><{p}v>cached</{p}v></{p}c>'
+        f'<{p}c r="B5" t="e"><{p}v>#N/A</{p}v></{p}c><{p}c r="C5" t="b"><{p}v>0</{p}v></{p}c>'
+        f'<{p}c r="D5"><{p}v>1.25E2</{p}v></{p}c><{p}c r="F5"><{p}f>1/0</{p}f></{p}c>'
+        f'<{p}c r="G5" t="s"><{p}v></{p}v></{p}c><{p}c r="AB5"><{p}v>7</{p}v></{p}c></{p}row>'
+        f"<{p}row><{p}c><{p}v>42</{p}v></{p}c></{p}row>"
+        f'<{p}row r="3"><{p}c t="str"><{p}v>going back</{p}v></{p}c></{p}row>'
+    )
+    path = write(tmp_path, "hand.xlsx", handmade_xlsx(sheet, strings, prefix=prefix))
+
+    rows = our_rows(path)
+
+    assert rows == openpyxl_rows(path)
+    assert rows[1][:2] == ["zhang san", "a&b_x000D_@example.com"]
+    assert rows[1][4] == "inline"
+    assert rows[2:4] == [[], []]
+    assert rows[4][:4] == ["cached", "#N/A", False, 125.0] and rows[4][27] == 7
+    assert rows[5] == [42]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:openpyxl")
+def test_the_reader_turns_date_styles_into_dates_in_both_calendars(tmp_path):
+    from datetime import datetime
+
+    ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    styles = (
+        f'<styleSheet xmlns="{ns}"><numFmts count="1"><numFmt numFmtId="164" '
+        'formatCode="yyyy-mm-dd"/></numFmts><cellXfs count="3"><xf numFmtId="0"/>'
+        '<xf numFmtId="164"/><xf numFmtId="14"/></cellXfs></styleSheet>'
+    )
+    sheet = (
+        '<row r="1"><c r="A1" s="1"><v>45292</v></c><c r="B1" s="2"><v>45292.5</v></c>'
+        '<c r="C1" s="0"><v>45292</v></c><c r="D1" s="1"><v>-1E300</v></c></row>'
+    )
+    for workbook_pr, day in (("", 1), ('<workbookPr date1904="1"/>', 2)):
+        path = write(
+            tmp_path, "dates.xlsx", handmade_xlsx(sheet, workbook_pr=workbook_pr, styles=styles)
+        )
+        rows = our_rows(path)
+        assert rows == openpyxl_rows(path)
+        assert rows[0][2] == 45292
+        assert rows[0][0].date() == datetime(2024 + 4 * (day - 1), 1, day).date()
+
+
+@pytest.mark.parametrize(
+    "part", ["xl/worksheets/sheet1.xml", "xl/sharedStrings.xml", "xl/workbook.xml"]
+)
+def test_a_doctype_in_any_part_is_refused_before_anything_is_written(tmp_path, part):
+    content = handmade_xlsx(
+        '<row r="1"><c t="s"><v>0</v></c><c t="s"><v>1</v></c></row>'
+        '<row r="2"><c><v>1</v></c><c t="inlineStr"><is><t>a@example.com</t></is></c></row>',
+        "<si><t>userid</t></si><si><t>email</t></si>",
+    )
+    source = zipfile.ZipFile(io.BytesIO(content))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == part:
+                body = data.split(b"?>", 1)[1]
+                data = b'<?xml version="1.0"?><!DOCTYPE x SYSTEM "file:///etc/passwd">' + body
+            archive.writestr(item, data)
+    assert upload(tmp_path, "clean.xlsx", content).status == ImportJob.Status.VALIDATED
+
+    job = upload(tmp_path, "doctype.xlsx", out.getvalue())
+
+    assert job.status == ImportJob.Status.FAILED
+    assert "cannot be read" in job.message
+    assert not UmsUser.objects.exists()
+
+
+@pytest.fixture
+def read_ahead(monkeypatch):
+    """Every file read by a child process, as large files are."""
+    monkeypatch.setattr(importer, "READ_AHEAD_ROWS", 0)
+    assert importer.reads_ahead(ImportJob(total_rows=1))
+
+
+def test_a_file_read_by_a_child_process_gives_the_same_result(tmp_path, read_ahead):
+    rows = [[f"u{i}", f"u{i}@example.com", "", "vip" if i % 3 else ""] for i in range(7_000)]
+    rows[6_500] = ["bad user", "x@example.com", "", ""]
+    seen: list[int] = []
+    path = write(tmp_path, "large.xlsx", xlsx_bytes(rows))
+    with path.open("rb") as handle:
+        job = services.import_job_create(file=File(handle), original_name="large.xlsx")
+
+    importer.job_validate(job, progress=seen.append)
+
+    assert job.status == ImportJob.Status.REJECTED
+    assert (job.total_rows, job.error_count, seen) == (7_000, 1, [5_000, 7_000])
+    assert errors(job) == [(6_502, "userid", errors(job)[0][2])]
+
+    clean = upload(tmp_path, "clean.xlsx", xlsx_bytes(rows[:6_500]))
+    importer.job_apply(clean)
+    assert UserEmailBinding.objects.count() == 6_500
+    assert UserTag.objects.count() == sum(1 for i in range(6_500) if i % 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("entities.xlsx", entity_bomb(), "cannot be read"),
+        ("bomb.xlsx", zip_bomb(), "zip bomb"),
+        ("random.xlsx", bytes(range(256)) * 10, "neither"),
+        ("header-only.csv", b"userid,email\r\n", "no data rows"),
+    ],
+)
+def test_a_child_process_refuses_hostile_files_too(tmp_path, read_ahead, name, content, message):
+    job = upload(tmp_path, name, content)
+
+    assert job.status == ImportJob.Status.FAILED
+    assert message in job.message
+    assert not UmsUser.objects.exists()
+
+
+def test_a_reader_that_dies_fails_the_upload_with_a_message(tmp_path, read_ahead, monkeypatch):
+    import os
+
+    def die(path):  # a generator, as the reader is: it runs when the child reads
+        os._exit(3)
+        yield
+
+    monkeypatch.setattr(importer, "_xlsx_rows", die)
+    job = upload(tmp_path, "users.xlsx", xlsx_bytes([["u1", "a@example.com", "", ""]]))
+
+    assert job.status == ImportJob.Status.FAILED
+    assert "cannot be read here (the reading process stopped, exit 3)" in job.message
+
+
+def test_a_workbook_without_a_worksheet_is_refused(tmp_path):
+    content = handmade_xlsx('<row r="1"><c t="inlineStr"><is><t>userid</t></is></c></row>')
+    source = zipfile.ZipFile(io.BytesIO(content))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "xl/_rels/workbook.xml.rels":
+                data = data.replace(b'/worksheet"', b'/chartsheet"')
+            archive.writestr(item, data)
+
+    job = upload(tmp_path, "charts.xlsx", out.getvalue())
+
+    assert job.status == ImportJob.Status.FAILED
+    assert "cannot be read (NoWorksheet)" in job.message
