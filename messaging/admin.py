@@ -9,7 +9,6 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.contrib import messages as flash
-from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -326,22 +325,19 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def change_view(
+    def render_change_form(
         self,
         request: HttpRequest,
-        object_id: str,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
         form_url: str = "",
-        extra_context: dict | None = None,
+        obj: Any = None,
     ) -> HttpResponse:
-        message = self.get_object(request, unquote(object_id))
-        context: dict[str, Any] = {}
-        if message is not None:
-            if not self.has_view_permission(request, message):
-                raise PermissionDenied
-            context = self._detail_context(request, message)
-        return super().change_view(
-            request, object_id, form_url, {**context, **(extra_context or {})}
-        )
+        # The message page: the admin has checked the view permission and fetched the message.
+        if obj is not None:
+            context.update(self._detail_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _detail_context(self, request: HttpRequest, message: Message) -> dict[str, Any]:
         user = request.user
@@ -496,7 +492,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             except SendRefused as exc:
                 flash.error(request, exc.message)
             else:
-                flash.success(request, retract_summary(result))
+                flash.success(request, retract_summary(message, result))
             return self._page(message)
         return TemplateResponse(
             request,
@@ -587,7 +583,11 @@ def frame_document(markup: str, *, remote: bool) -> str:
     return f'<meta http-equiv="Content-Security-Policy" content="{policy}">{markup}'
 
 
-def retract_summary(result: dict[str, int]) -> str:
+def retract_summary(message: Message, result: dict[str, int]) -> str:
+    if message.status == Message.Status.DONE:  # it finished first: nothing was left to cancel
+        return gettext(
+            "The message had already finished, so nothing was cancelled (%(sent)d sent)."
+        ) % {"sent": result["sent"]}
     return (
         gettext(
             "Retracted. Cancelled: %(cancelled)d. Already sent: %(sent)d. Being sent at this "

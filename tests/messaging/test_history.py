@@ -750,6 +750,17 @@ def test_retracting_twice_says_so(shop, marketing):
     assert "The message has already been retracted." in response.content.decode()
 
 
+def test_retracting_a_finished_message_says_nothing_was_cancelled(shop, marketing):
+    message = deliver(stored(shop), [("a", "a@example.com", "sent")], status="done")
+
+    response = marketing.post(action_url("retract", message), follow=True)
+
+    html = response.content.decode()
+    assert "The message had already finished, so nothing was cancelled (1 sent)." in html
+    message.refresh_from_db()
+    assert message.status == "done"
+
+
 def test_marketing_duplicates_a_message_as_a_new_draft(shop, marketing):
     message = stored(shop, subject="Spring sale", html="<p>50% off</p>")
 
