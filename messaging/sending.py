@@ -6,6 +6,7 @@ A duplicate task finds nothing left to claim.
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ def _recipients(message: Message) -> Iterator[audiences.Recipient]:
 
 
 def _write_deliveries(message: Message) -> tuple[int, int, set[int]]:
+    """Returns (recipients, invalid ones, batch numbers to send)."""
+    if connection.vendor == "postgresql":
+        return _insert_deliveries(message)
     size = settings.UMS_DELIVERY_BATCH_SIZE
     total = invalid = sendable = 0
     batches: set[int] = set()
@@ -133,6 +137,50 @@ def _write_deliveries(message: Message) -> tuple[int, int, set[int]]:
     return total, invalid, batches
 
 
+# The recipients numbered in their order; those with an address fill the batches one by one.
+_INSERT_SQL = """
+    WITH audience AS ({recipients}),
+    numbered AS (
+        SELECT ord, userid, email,
+               count(*) FILTER (WHERE email <> '') OVER (ORDER BY ord) AS nth
+        FROM audience
+    ),
+    written AS (
+        INSERT INTO messaging_delivery (
+            message_id, batch, userid, email, status, attempts, smtp_reply, smtp_message_id,
+            updated_at
+        )
+        SELECT %(message)s,
+               CASE WHEN email <> '' THEN (nth - 1) / %(size)s ELSE 0 END,
+               userid, email,
+               CASE WHEN email <> '' THEN %(pending)s ELSE %(invalid)s END,
+               0, '', '', %(now)s
+        FROM numbered ORDER BY ord
+        RETURNING status
+    )
+    SELECT count(*), count(*) FILTER (WHERE status = %(invalid)s) FROM written
+"""
+
+
+def _insert_deliveries(message: Message) -> tuple[int, int, set[int]]:
+    """PostgreSQL writes the deliveries itself: one INSERT ... SELECT, whatever the audience."""
+    size = settings.UMS_DELIVERY_BATCH_SIZE
+    recipients, params = audiences.recipients_sql(
+        channel_key=message.channel.channel_key, audience=message.audience
+    )
+    params.update(
+        message=message.pk,
+        size=size,
+        pending=Delivery.Status.PENDING,
+        invalid=Delivery.Status.INVALID,
+        now=timezone.now(),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL.format(recipients=recipients), params)
+        total, invalid = cursor.fetchone()
+    return total, invalid, set(range(-(-(total - invalid) // size)))
+
+
 # --- sending ----------------------------------------------------------------------------------
 
 
@@ -145,11 +193,25 @@ class BatchOutcome:
     sender_failure: Failure | None = None
 
 
+@dataclass(slots=True)
+class _Claimed:
+    """A claimed delivery: what sending it needs, and what its failure leaves to record. (A
+    model instance per recipient cost more than the rest of the batch's bookkeeping.)"""
+
+    pk: int
+    email: str
+    attempts: int
+    status: str = Delivery.Status.SENDING
+    smtp_code: int | None = None
+    smtp_reply: str = ""
+    next_attempt_at: datetime | None = None
+
+
 @dataclass
 class _Results:
-    sent: list[Delivery] = field(default_factory=list)
-    failed: list[Delivery] = field(default_factory=list)
-    retry: list[Delivery] = field(default_factory=list)
+    sent: list[_Claimed] = field(default_factory=list)
+    failed: list[_Claimed] = field(default_factory=list)
+    retry: list[_Claimed] = field(default_factory=list)
 
 
 def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
@@ -187,7 +249,7 @@ def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
 
 
 def _finish_batch(
-    message: Message, results: "_Results", claimed: list[Delivery], sender_failure: Failure | None
+    message: Message, results: "_Results", claimed: list[_Claimed], sender_failure: Failure | None
 ) -> BatchOutcome:
     outcome = _record(message, results, claimed, sender_failure)
     message_finish_if_done(message_id=message.pk)
@@ -224,17 +286,14 @@ _CLAIM_SQL = """
 """
 
 
-def _claim(message: Message, batch: int) -> list[Delivery]:
+def _claim(message: Message, batch: int) -> list[_Claimed]:
     """Take the batch's due rows for this worker; a concurrent duplicate task gets none of them."""
     now = timezone.now()
     if connection.vendor == "postgresql":  # one statement instead of a locking read and an update
         params = [Delivery.Status.SENDING, now, message.pk, batch, Delivery.Status.PENDING]
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_CLAIM_SQL, [*params, Delivery.Status.RETRYING, now])
-            claimed = sorted(cursor.fetchall())
-        return [
-            Delivery(pk=pk, message=message, email=email, attempts=n) for pk, email, n in claimed
-        ]
+            return [_Claimed(*row) for row in sorted(cursor.fetchall())]
     due = Q(status=Delivery.Status.PENDING) | Q(
         status=Delivery.Status.RETRYING, next_attempt_at__lte=now
     )
@@ -242,18 +301,17 @@ def _claim(message: Message, batch: int) -> list[Delivery]:
         rows = list(
             Delivery.objects.select_for_update(skip_locked=True)
             .filter(due, message=message, batch=batch)
-            .only("pk", "email", "attempts")
+            .order_by("pk")
+            .values_list("pk", "email", "attempts")
         )
-        Delivery.objects.filter(pk__in=[r.pk for r in rows]).update(
+        Delivery.objects.filter(pk__in=[pk for pk, _email, _n in rows]).update(
             status=Delivery.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
         )
-    for row in rows:
-        row.attempts += 1
-    return rows
+    return [_Claimed(pk, email, n + 1) for pk, email, n in rows]
 
 
 def _send(
-    message: Message, claimed: list[Delivery], template: bytes, config: SmtpConfig
+    message: Message, claimed: list[_Claimed], template: bytes, config: SmtpConfig
 ) -> tuple["_Results", Failure | None]:
     """SMTP I/O, outside any transaction: one connection, one recipient per message."""
     results = _Results()
@@ -290,7 +348,7 @@ def _open(backend: SenderEmailBackend) -> Failure | None:
 
 def _send_each(
     message: Message,
-    claimed: list[Delivery],
+    claimed: list[_Claimed],
     template: bytes,
     backend: SenderEmailBackend,
     results: "_Results",
@@ -298,51 +356,94 @@ def _send_each(
 ) -> Failure | None:
     envelope_from = message.sender.from_address
     broken_connections = 0
-    for index, delivery in enumerate(claimed):
-        message_id = message_id_for(message, delivery.pk)
-        try:
-            reply = backend.send_raw(
-                envelope_from=envelope_from,
-                recipient=delivery.email,
-                message=stamp(template, to=delivery.email, message_id=message_id),
-            )
-        except SoftTimeLimitExceeded:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is sorted and recorded
-            failure = classify_failure(exc)
-            _note(delivery, failure)
-            if failure.sender_problem:
-                results.retry.extend(claimed[index:])
-                for row in claimed[index + 1 :]:
-                    _note(row, failure)
-                return failure
-            (results.retry if failure.retryable else results.failed).append(delivery)
-            if failure.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):
-                backend.close()  # the next recipient reconnects
-                broken_connections += 1
-                if broken_connections >= 2:  # the server is gone: retry the rest later
-                    results.retry.extend(claimed[index + 1 :])
-                    return None
-            continue
-        broken_connections = 0
-        _record_sent(cursor, delivery.pk, reply.code, reply.text[:500], message_id)
-        results.sent.append(delivery)
-    return None
+    accepted = _Acceptances(cursor)
+    try:
+        for index, delivery in enumerate(claimed):
+            message_id = message_id_for(message, delivery.pk)
+            started = time.monotonic()
+            try:
+                reply = backend.send_raw(
+                    envelope_from=envelope_from,
+                    recipient=delivery.email,
+                    message=stamp(template, to=delivery.email, message_id=message_id),
+                )
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is sorted and recorded
+                failure = classify_failure(exc)
+                _note(delivery, failure)
+                if failure.sender_problem:
+                    results.retry.extend(claimed[index:])
+                    for row in claimed[index + 1 :]:
+                        _note(row, failure)
+                    return failure
+                (results.retry if failure.retryable else results.failed).append(delivery)
+                if failure.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):
+                    backend.close()  # the next recipient reconnects
+                    broken_connections += 1
+                    if broken_connections >= 2:  # the server is gone: retry the rest later
+                        results.retry.extend(claimed[index + 1 :])
+                        return None
+                continue
+            broken_connections = 0
+            accepted.add(delivery.pk, reply.code, reply.text[:500], message_id, started)
+            results.sent.append(delivery)
+        return None
+    finally:
+        accepted.write()  # also when stopped by the time limit: what was accepted is recorded
+
+
+# Accepted emails are recorded in small groups: one statement per group instead of one per email
+# (at thousands of emails a second, the per-email statement was the pipeline's largest cost).
+# A group is written once it holds RECORD_EVERY acceptances, or as soon as the oldest of them
+# was handed to the server RECORD_WITHIN seconds ago or more: with a server slower than that,
+# every acceptance is written before the next email goes. A worker killed in the middle of a
+# batch can therefore re-send at most RECORD_EVERY emails of that batch (accepted, not yet
+# recorded), and just the one in flight with a slow server. See docs/sending.md#guarantees.
+RECORD_EVERY = 20
+RECORD_WITHIN = 0.05
+
+
+class _Acceptances:
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.rows: list[tuple[int, int, str, str, datetime]] = []
+        self.oldest = 0.0
+
+    def add(self, delivery_id: int, code: int, reply: str, message_id: str, started: float) -> None:
+        if not self.rows:
+            self.oldest = started
+        self.rows.append((delivery_id, code, reply, message_id, timezone.now()))
+        if len(self.rows) >= RECORD_EVERY or time.monotonic() - self.oldest >= RECORD_WITHIN:
+            self.write()
+
+    def write(self) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            _record_sent(self.cursor, rows)
 
 
 _SENT_SQL = (
     "UPDATE messaging_delivery SET status = %s, smtp_code = %s, smtp_reply = %s, "
     "smtp_message_id = %s, sent_at = %s, updated_at = %s, claimed_at = NULL WHERE id = %s"
 )
+_SENT_MANY_SQL = """
+    UPDATE messaging_delivery AS d
+    SET status = %s, smtp_code = v.code, smtp_reply = v.reply, smtp_message_id = v.message_id,
+        sent_at = v.at, updated_at = v.at, claimed_at = NULL
+    FROM unnest(%s::bigint[], %s::smallint[], %s::text[], %s::text[], %s::timestamptz[])
+        AS v(id, code, reply, message_id, at)
+    WHERE d.id = v.id
+"""
 
 
 @contextmanager
 def fast_commits() -> Iterator[None]:
-    """Per-email records without waiting for the disk at each commit (PostgreSQL).
+    """Records of acceptances without waiting for the disk at each commit (PostgreSQL).
 
-    A dead worker still re-sends at most the email in flight: each record is committed before
-    the next email goes. Only a crash of the database server itself could lose the last fraction
-    of a second of records, and with them re-send those few emails.
+    A dead worker loses none of the records it wrote: each is committed before the next group
+    starts. Only a crash of the database server itself could lose the last fraction of a second
+    of records, and with them re-send those few emails.
     """
     if connection.vendor != "postgresql":
         yield
@@ -356,22 +457,30 @@ def fast_commits() -> Iterator[None]:
             cursor.execute("SET synchronous_commit TO DEFAULT")
 
 
-def _record_sent(cursor: Any, delivery_id: int, code: int, reply: str, message_id: str) -> None:
-    """Recorded the moment the server accepted it: if this worker dies now, only the email in
-    flight can be sent again, never the ones before it."""
-    now = timezone.now()
-    cursor.execute(
-        _SENT_SQL, [Delivery.Status.SENT, code, reply, message_id, now, now, delivery_id]
-    )
+def _record_sent(cursor: Any, rows: list[tuple[int, int, str, str, datetime]]) -> None:
+    """Accepted emails become `sent`, in one statement (autocommit: committed at once)."""
+    sent = Delivery.Status.SENT
+    if len(rows) == 1:
+        ((pk, code, reply, message_id, at),) = rows
+        cursor.execute(_SENT_SQL, [sent, code, reply, message_id, at, at, pk])
+    elif connection.vendor == "postgresql":
+        cursor.execute(
+            _SENT_MANY_SQL, [sent, *(list(column) for column in zip(*rows, strict=True))]
+        )
+    else:
+        with transaction.atomic():
+            cursor.executemany(
+                _SENT_SQL, [[sent, code, r, m, at, at, pk] for pk, code, r, m, at in rows]
+            )
 
 
-def _note(delivery: Delivery, failure: Failure) -> None:
+def _note(delivery: _Claimed, failure: Failure) -> None:
     delivery.smtp_code = failure.code
     delivery.smtp_reply = failure.text[:500]
 
 
 def _record(
-    message: Message, results: _Results, claimed: list[Delivery], sender_failure: Failure | None
+    message: Message, results: _Results, claimed: list[_Claimed], sender_failure: Failure | None
 ) -> BatchOutcome:
     now = timezone.now()
     outcome = BatchOutcome(sender_failure=sender_failure)
@@ -389,16 +498,24 @@ def _record(
             results.failed.append(delivery)
             continue
         delay = retry_delay(delivery.attempts)
-        delivery.status, delivery.next_attempt_at, delivery.claimed_at = (
-            Delivery.Status.RETRYING,
-            now + delay,
-            None,
-        )
+        delivery.status, delivery.next_attempt_at = Delivery.Status.RETRYING, now + delay
         outcome.retrying += 1
         seconds = delay.total_seconds()
         outcome.retry_in = seconds if outcome.retry_in is None else min(outcome.retry_in, seconds)
     for delivery in results.failed:
-        delivery.status, delivery.claimed_at = Delivery.Status.FAILED, None
+        delivery.status = Delivery.Status.FAILED
+    # Their Message-ID and sending time are cleared, and they are no longer claimed.
+    changed = [
+        Delivery(
+            pk=row.pk,
+            status=row.status,
+            smtp_code=row.smtp_code,
+            smtp_reply=row.smtp_reply,
+            next_attempt_at=row.next_attempt_at,
+            attempts=row.attempts,
+        )
+        for row in results.failed + results.retry
+    ]
     fields = [
         "status",
         "smtp_code",
@@ -410,7 +527,7 @@ def _record(
         "attempts",
     ]
     with transaction.atomic():
-        Delivery.objects.bulk_update(results.failed + results.retry, fields, batch_size=1000)
+        Delivery.objects.bulk_update(changed, fields, batch_size=1000)
         outcome.sent, outcome.failed = len(results.sent), len(results.failed)
         Message.objects.filter(pk=message.pk).update(
             sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed

@@ -61,6 +61,36 @@ def test_worker_on_redis_runs_the_periodic_health_check(
     assert plain_server.recorder.connections == 1
 
 
+@pytest.mark.redis
+def test_worker_keeps_its_database_connection_and_replaces_it_once_broken(
+    redis_url, plain_server, make_sender, tmp_path: Path
+):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("ends the worker's database session from PostgreSQL")
+    first = make_sender(plain_server, account="", password="")
+    second = make_sender(plain_server, account="", password="")
+    log = tmp_path / "worker.log"
+
+    with celery_worker(child_env(CELERY_BROKER_URL=redis_url), log):
+        publish(tasks.sender_check, first.pk, url=redis_url)
+        wait_for(lambda: health(first), timeout=60, what="the first task", log_path=log)
+        # The worker kept its session after the task; end it, as a database restart would.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            workers = [pid for (pid,) in cursor.fetchall()]
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", [workers])
+        publish(tasks.sender_check, second.pk, url=redis_url)
+        wait_for(lambda: health(second), timeout=60, what="the next task", log_path=log)
+
+    assert len(workers) == 1
+    assert (first.health, second.health) == (EmailSender.Health.OK, EmailSender.Health.OK)
+
+
 def test_worker_checks_and_imports_a_large_upload(tmp_path: Path):
     from django.core.files import File
 

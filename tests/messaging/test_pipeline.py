@@ -464,3 +464,49 @@ def test_retracting_a_finished_message_cancels_nothing_and_keeps_it_done(shop, b
     message.refresh_from_db()
     assert result == {"cancelled": 0, "sent": 1, "in_flight": 0}
     assert message.status == "done"
+
+
+def test_each_acceptance_is_recorded_with_its_own_reply_and_message_id(shop, bind, plain_server):
+    userids = [f"u{i:02d}" for i in range(sending.RECORD_EVERY * 2 + 5)]  # several groups
+    for userid in userids:
+        bind(userid, "all", f"{userid}@example.com")
+    received = plain_server.recorder.messages
+
+    async def data(server, session, envelope):
+        received.append(envelope)
+        return f"250 2.0.0 Ok: queued as Q{len(received)}"
+
+    plain_server.controller.handler.handle_DATA = data
+    message = run(send(shop, Audience(userids=userids)))
+
+    expected = {
+        e.rcpt_tos[0]: (f"2.0.0 Ok: queued as Q{n}", message_from_bytes(e.content)["Message-ID"])
+        for n, e in enumerate(received, start=1)
+    }
+    stored = {
+        d.email: (d.smtp_reply, d.smtp_message_id)
+        for d in message.deliveries.filter(status="sent", smtp_code=250, sent_at__isnull=False)
+    }
+    assert len(received) == len(userids)
+    assert stored == expected
+    assert (message.status, message.sent) == ("done", len(userids))
+
+
+def test_batches_hold_only_the_recipients_with_an_address_in_the_order_given(shop, bind, settings):
+    settings.UMS_DELIVERY_BATCH_SIZE = 2
+    for name in ("a", "b", "c"):
+        bind(name, "all", f"{name}@example.com")
+    message = send(shop, Audience(userids=["c", "nobody", "a", "c", "b"]))
+
+    batches = sending.message_resolve(message_id=message.pk)
+
+    rows = message.deliveries.order_by("pk").values_list("userid", "status", "batch")
+    assert list(rows) == [
+        ("c", "pending", 0),
+        ("nobody", "invalid", 0),
+        ("a", "pending", 0),
+        ("b", "pending", 1),
+    ]
+    assert batches == [0, 1]
+    message.refresh_from_db()
+    assert (message.status, message.total, message.invalid) == ("sending", 4, 1)
