@@ -19,9 +19,16 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.debug import sensitive_post_parameters
 from kombu.exceptions import OperationalError
 
-from channels_app import services, tasks
-from channels_app.forms import ChannelSenderFormSet, ConfirmForm, EmailSenderForm, SendTestEmailForm
-from channels_app.models import AccessKey, Channel, ChannelSender, EmailSender
+from channels_app import callbacks, services, tasks
+from channels_app.forms import (
+    CallbackUrlForm,
+    CallbackUrlFormSet,
+    ChannelSenderFormSet,
+    ConfirmForm,
+    EmailSenderForm,
+    SendTestEmailForm,
+)
+from channels_app.models import AccessKey, CallbackUrl, Channel, ChannelSender, EmailSender
 
 
 class ChannelSenderInline(admin.TabularInline):
@@ -34,24 +41,84 @@ class ChannelSenderInline(admin.TabularInline):
     verbose_name_plural = gettext_lazy("authorized email senders")
 
 
+class CallbackUrlInline(admin.TabularInline):
+    """The channel's callback URLs, each with its verification state and a Verify button."""
+
+    model = CallbackUrl
+    form = CallbackUrlForm
+    formset = CallbackUrlFormSet
+    extra = 0
+    max_num = CallbackUrl.MAX_PER_CHANNEL
+    fields = ["url", "position", "verification", "verify_button"]
+    readonly_fields = ["verification", "verify_button"]
+    verbose_name = gettext_lazy("callback URL")
+    verbose_name_plural = gettext_lazy(
+        "callback URLs (at most 5; the verified one with the lowest position is the default)"
+    )
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list:
+        fields = super().get_fields(request, obj)
+        if not request.user.has_perm("channels_app.change_callbackurl"):
+            return [name for name in fields if name != "verify_button"]
+        return fields
+
+    @admin.display(description=gettext_lazy("verification"))
+    def verification(self, callback_url: CallbackUrl) -> str:
+        if not callback_url.pk:
+            return _("Save the channel, then verify the URL.")
+        if callback_url.verified_at:
+            default = callbacks.callback_url_default(channel=callback_url.channel)
+            text = _("Verified on %(when)s.") % {
+                "when": date_format(callback_url.verified_at, "DATETIME_FORMAT")
+            }
+            if default is not None and default.pk == callback_url.pk:
+                text = f"{text} {_('The default URL.')}"
+            return format_html('<span style="color:#2e7d32">●</span> {}', text)
+        if callback_url.verification_error:
+            return format_html(
+                '<span style="color:#c62828">●</span> {} {}',
+                _("Not verified, not used:"),
+                callback_url.verification_error,
+            )
+        return format_html(
+            '<span style="color:#757575">●</span> {}', _("Not verified yet, not used: verify it.")
+        )
+
+    @admin.display(description="")
+    def verify_button(self, callback_url: CallbackUrl) -> str:
+        if not callback_url.pk:
+            return ""
+        url = reverse(
+            "admin:channels_app_channel_verify_callback",
+            args=[callback_url.channel_id, callback_url.pk],
+        )
+        return format_html('<a class="button" href="{}">{}</a>', url, _("Verify"))
+
+
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
     list_display = ["name", "channel_key", "status", "default_sender", "created_at"]
     list_filter = ["status"]
     search_fields = ["name", "channel_key"]
     readonly_fields = ["channel_key", "master_secret", "created_at", "updated_at"]
-    fields = [
-        "name",
-        "channel_key",
-        "master_secret",
-        "status",
-        "description",
-        "members",
-        "created_at",
-        "updated_at",
+    fieldsets = [
+        (None, {"fields": ["name", "channel_key", "master_secret", "status", "description"]}),
+        (None, {"fields": ["members"]}),
+        (
+            gettext_lazy("Marketing mail and suppression"),
+            {"fields": ["is_marketing", "suppress_on_permanent_failure"]},
+        ),
+        (gettext_lazy("API limits"), {"fields": ["api_rate_per_minute", "daily_broadcast_quota"]}),
+        (None, {"fields": ["created_at", "updated_at"]}),
     ]
     filter_horizontal = ["members"]
-    inlines = [ChannelSenderInline]
+    inlines = [ChannelSenderInline, CallbackUrlInline]
+
+    def get_inlines(self, request: HttpRequest, obj: Channel | None) -> list:
+        # Callback URLs are verified with the channel's credentials: they need a saved channel.
+        if obj is None:
+            return [ChannelSenderInline]
+        return self.inlines
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).prefetch_related("authorizations__sender")
@@ -91,6 +158,16 @@ class ChannelAdmin(admin.ModelAdmin):
         else:
             request._ums_new_secret = services.channel_save_new(channel=obj)
 
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not CallbackUrl:
+            super().save_formset(request, form, formset, change)
+            return
+        saved = formset.save(commit=False)
+        for callback_url in formset.deleted_objects:  # first: they make room for new ones
+            callback_url.delete()
+        for callback_url in saved:
+            callbacks.callback_url_save(callback_url=callback_url)
+
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         """The confirmation also counts the bindings and tags scoped to the channels' keys."""
         from users_app.selectors import scope_counts
@@ -129,8 +206,49 @@ class ChannelAdmin(admin.ModelAdmin):
                 wrap(self.reset_secret_view),
                 name="channels_app_channel_secret_reset",
             ),
+            path(
+                "<int:pk>/callback-urls/<int:url_pk>/verify/",
+                wrap(self.verify_callback_view),
+                name="channels_app_channel_verify_callback",
+            ),
             *super().get_urls(),
         ]
+
+    def verify_callback_view(self, request: HttpRequest, pk: int, url_pk: int) -> HttpResponse:
+        callback_url = get_object_or_404(
+            CallbackUrl.objects.select_related("channel"), pk=url_pk, channel_id=pk
+        )
+        if not request.user.has_perm("channels_app.change_callbackurl"):
+            raise PermissionDenied
+        if request.method == "POST" and ConfirmForm(request.POST).is_valid():
+            callbacks.callback_url_verify(callback_url=callback_url)
+            if callback_url.verified_at:
+                messages.success(
+                    request,
+                    _("%(url)s is verified: it answered with the echostr.")
+                    % {"url": callback_url.url},
+                )
+            else:
+                messages.error(
+                    request,
+                    _("%(url)s is not verified and will not be used. %(error)s")
+                    % {"url": callback_url.url, "error": callback_url.verification_error},
+                )
+            change_page = reverse("admin:channels_app_channel_change", args=[pk])
+            return HttpResponseRedirect(f"{change_page}#callback_urls-group")
+        return self._confirm_page(
+            request,
+            callback_url.channel,
+            title=_("Verify %(url)s?") % {"url": callback_url.url},
+            text=_(
+                "This server sends GET %(url)s?echostr=<random value>, signed with the "
+                "channel's ChannelKey and MasterSecret (HTTP Basic). The URL passes if it "
+                "answers HTTP 200 with exactly that value as its body; only verified URLs "
+                "receive status records."
+            )
+            % {"url": callback_url.url},
+            button=_("Verify"),
+        )
 
     def reveal_secret_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         channel = self._secret_channel(request, pk)
@@ -247,6 +365,16 @@ class EmailSenderAdmin(admin.ModelAdmin):
         (
             gettext_lazy("Certificate"),
             {"fields": ["trust_self_signed", "pinned_fingerprint"], "classes": ["collapse"]},
+        ),
+        (
+            gettext_lazy("Sending limits"),
+            {
+                "fields": ["rate_per_second", "rate_per_minute", "rate_per_day"],
+                "description": gettext_lazy(
+                    "The provider's quota, kept across all workers and machines. "
+                    "Empty fields: no limit."
+                ),
+            },
         ),
         (
             gettext_lazy("Port exception"),

@@ -9,8 +9,8 @@ from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 from django.utils.translation import gettext_lazy as _
 
-from channels_app import services
-from channels_app.models import EmailSender
+from channels_app import callbacks, services
+from channels_app.models import CallbackUrl, EmailSender
 from channels_app.presets import PRESETS
 from channels_app.smtp import Encryption
 
@@ -49,7 +49,15 @@ class EmailSenderForm(forms.ModelForm):
             "trust_self_signed",
             "pinned_fingerprint",
             "port_exception_reason",
+            "rate_per_second",
+            "rate_per_minute",
+            "rate_per_day",
         ]
+        help_texts = {
+            "rate_per_second": _("Empty: no limit. Kept across all workers and machines."),
+            "rate_per_minute": _("Empty: no limit."),
+            "rate_per_day": _("Empty: no limit. Set it to the provider's daily quota."),
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,6 +112,41 @@ class ChannelSenderFormSet(BaseInlineFormSet):
         defaults = sum(1 for row in rows if row.get("is_default"))
         if rows and defaults != 1:
             raise ValidationError(_("Mark exactly one authorized sender as the default."))
+
+
+class CallbackUrlForm(forms.ModelForm):
+    url = forms.URLField(
+        label=_("URL"),
+        max_length=500,
+        assume_scheme="https",
+        widget=forms.URLInput(attrs={"size": 60}),
+    )
+
+    class Meta:
+        model = CallbackUrl
+        fields = ["url", "position"]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"].strip()
+        callbacks.callback_url_validate(url)
+        return url
+
+
+class CallbackUrlFormSet(BaseInlineFormSet):
+    """At most CallbackUrl.MAX_PER_CHANNEL URLs, each once."""
+
+    def clean(self) -> None:
+        super().clean()
+        urls = [
+            form.cleaned_data["url"]
+            for form in self.forms
+            if form.cleaned_data.get("url") and not form.cleaned_data.get("DELETE")
+        ]
+        if len(urls) > CallbackUrl.MAX_PER_CHANNEL:
+            raise ValidationError(
+                _("A channel has at most %(max)d callback URLs.")
+                % {"max": CallbackUrl.MAX_PER_CHANNEL}
+            )
 
 
 class SendTestEmailForm(forms.Form):

@@ -230,6 +230,8 @@ def test_channel_inline_needs_exactly_one_default_sender(admin_client, make_send
         "authorizations-0-is_default": "on",
         "authorizations-1-sender": second.pk,
         "authorizations-1-is_default": "on",
+        "callback_urls-TOTAL_FORMS": "0",
+        "callback_urls-INITIAL_FORMS": "0",
     }
     url = reverse("admin:channels_app_channel_change", args=[channel.pk])
 
@@ -240,6 +242,56 @@ def test_channel_inline_needs_exactly_one_default_sender(admin_client, make_send
     assert "exactly one" in refused.content.decode()
     assert accepted.status_code == 302
     assert ChannelSender.objects.get(channel=channel, is_default=True).sender == first
+
+
+def test_channel_page_edits_marketing_suppression_and_api_limits(admin_client):
+    channel, _secret = services.channel_create(name="Shop")
+    url = reverse("admin:channels_app_channel_change", args=[channel.pk])
+    data = {
+        "name": "Shop",
+        "status": "enabled",
+        "description": "",
+        "is_marketing": "on",
+        "suppress_on_permanent_failure": "on",
+        "api_rate_per_minute": "600",
+        "daily_broadcast_quota": "",
+        "authorizations-TOTAL_FORMS": "0",
+        "authorizations-INITIAL_FORMS": "0",
+        "callback_urls-TOTAL_FORMS": "0",
+        "callback_urls-INITIAL_FORMS": "0",
+    }
+
+    page = admin_client.get(url).content.decode()
+    response = admin_client.post(url, data)
+
+    assert "API requests per minute" in page and "broadcasts per day" in page.lower()
+    assert response.status_code == 302
+    channel.refresh_from_db()
+    assert (channel.is_marketing, channel.suppress_on_permanent_failure) == (True, True)
+    assert (channel.api_rate_per_minute, channel.daily_broadcast_quota) == (600, None)
+
+
+def test_sender_form_has_its_sending_limits(admin_client):
+    page = admin_client.get(reverse("admin:channels_app_emailsender_add")).content.decode()
+    response = admin_client.post(
+        reverse("admin:channels_app_emailsender_add"),
+        sender_form(rate_per_second="10", rate_per_minute="", rate_per_day="500"),
+    )
+
+    assert "Sending limits" in page
+    assert response.status_code == 302
+    sender = EmailSender.objects.get(code="SHOP1")
+    assert (sender.rate_per_second, sender.rate_per_minute, sender.rate_per_day) == (10, None, 500)
+
+
+def test_sender_limits_must_be_positive(admin_client):
+    response = admin_client.post(
+        reverse("admin:channels_app_emailsender_add"), sender_form(rate_per_second="0")
+    )
+
+    assert response.status_code == 200
+    assert "greater than or equal to 1" in response.content.decode()
+    assert not EmailSender.objects.exists()
 
 
 def test_captured_emails_are_readable_in_the_console(admin_client, db):
