@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.db import connections
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.processes import ROOT
@@ -64,6 +65,9 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+            # While the loop runs, Django hands this thread other connections than before (its
+            # connection registry follows the asyncio context): close them before the loop goes.
+            connections.close_all()
 
 
 @pytest.fixture
@@ -110,9 +114,21 @@ def page(new_page: Callable[[], Page]) -> Page:
 def screenshot() -> Callable[..., None]:
     """Saves the page as docs/screenshots/<name>.png, only when UMS_SCREENSHOTS=1 asks for it."""
 
-    def save(page: Page, name: str, *, full_page: bool = False) -> None:
-        if SCREENSHOTS:
-            SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT_DIR / f"{name}.png"), full_page=full_page)
+    def save(page: Page, name: str, *, full_page: bool = False, width: int = 0) -> None:
+        if not SCREENSHOTS:
+            return
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        size = {"width": width or VIEWPORT["width"], "height": VIEWPORT["height"]}
+        page.set_viewport_size(size)
+        if full_page:
+            # Chromium paints a sandboxed iframe (the email previews) only inside the viewport,
+            # so a whole-page picture is taken with a viewport as tall as the page.
+            size["height"] = page.evaluate("() => document.documentElement.scrollHeight")
+            page.set_viewport_size(size)
+        try:
+            page.evaluate("() => new Promise(done => requestAnimationFrame(() => done()))")
+            page.screenshot(path=str(SCREENSHOT_DIR / f"{name}.png"))
+        finally:
+            page.set_viewport_size(VIEWPORT)
 
     return save

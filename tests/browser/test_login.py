@@ -8,7 +8,7 @@ from tests.browser.steps import log_in
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_staff_log_in_through_the_login_form_and_out_again(page, role_user, screenshot):
+def test_staff_log_in_through_the_login_form_and_out_again(page, role_user):
     role_user(None, username="admin")
 
     page.goto("/admin/")
@@ -20,7 +20,6 @@ def test_staff_log_in_through_the_login_form_and_out_again(page, role_user, scre
 
     log_in(page, "admin")
     expect(page.get_by_role("link", name="Email senders", exact=True)).to_be_visible()
-    screenshot(page, "dashboard")
 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_text("Logged out")).to_be_visible()
