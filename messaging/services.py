@@ -28,6 +28,9 @@ from messaging.selectors import sendno_message
 logger = logging.getLogger(__name__)
 
 RETRACT_WINDOW = timedelta(hours=24)
+# Failed deliveries can be retried for this long after the message finished; its attachments
+# are kept that long, so that a retry sends what the first attempt did.
+RETRY_WINDOW = timedelta(days=7)
 
 
 class SendRefused(Exception):
@@ -258,6 +261,11 @@ def _check_retryable(message: Message) -> None:
         raise ValidationError(_("The message has not been sent yet."))
     if not message.channel.is_enabled:
         raise ValidationError(_("The channel is closed."))
+    if message.finished_at and message.finished_at < timezone.now() - RETRY_WINDOW:
+        raise ValidationError(
+            _("Only messages finished in the last %(days)d days can be retried.")
+            % {"days": RETRY_WINDOW.days}
+        )
 
 
 def _enqueue_batches(message: Message, batches: list[int]) -> None:
@@ -309,7 +317,7 @@ def captured_email_store(
 
 
 def materials_purge(*, now: datetime | None = None) -> int:
-    """Delete expired materials (files and rows) that no unfinished message still needs."""
+    """Delete expired materials (files and rows) that no message or draft may still send."""
     now = now or timezone.now()
     open_statuses = [
         Message.Status.QUEUED,
@@ -317,8 +325,12 @@ def materials_purge(*, now: datetime | None = None) -> int:
         Message.Status.RESOLVING,
         Message.Status.SENDING,
     ]
-    expired = Material.objects.filter(expires_at__lt=now).exclude(
-        messages__status__in=open_statuses
+    expired = (
+        Material.objects.filter(expires_at__lt=now)
+        .exclude(messages__status__in=open_statuses)
+        # A draft may still send it, and a message with failures may still be retried.
+        .exclude(drafts__isnull=False)
+        .exclude(messages__failed__gt=0, messages__finished_at__gte=now - RETRY_WINDOW)
     )
     count = 0
     for material in expired.distinct().iterator():

@@ -9,6 +9,7 @@ from datetime import timedelta
 import openpyxl
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -20,7 +21,14 @@ from channels_app import services as channel_services
 from channels_app.models import Channel
 from messaging import exports, sending, tasks
 from messaging.models import Delivery, Draft, Material, Message
-from messaging.services import Audience, Content, Options, message_create, message_retry_failed
+from messaging.services import (
+    Audience,
+    Content,
+    Options,
+    materials_purge,
+    message_create,
+    message_retry_failed,
+)
 from tests.processes import celery_worker, child_env, wait_for
 from tests.smtp_server import PASSWORD
 from ums.roles import ROLES
@@ -872,3 +880,31 @@ def test_retry_sends_what_the_server_refused_before_through_the_worker(
     progress = client.get(action_url("progress", message)).json()
     assert progress["finished"] is True and progress["counts"]["failed"] == 0
     assert json.dumps(progress)  # a plain JSON document
+
+
+def test_retry_refuses_a_message_that_finished_more_than_a_week_ago(partly_failed, published):
+    Message.objects.filter(pk=partly_failed.pk).update(
+        finished_at=timezone.now() - timedelta(days=8)
+    )
+    partly_failed.refresh_from_db()
+
+    with pytest.raises(ValidationError, match="last 7 days"):
+        message_retry_failed(message=partly_failed)
+    assert partly_failed.deliveries.filter(status="failed").count() == 3
+
+
+def test_attachments_stay_while_failures_can_be_retried_then_go(partly_failed, media):
+    attachment = Material.objects.create(
+        channel=partly_failed.channel,
+        file=ContentFile(b"data", name="terms.pdf"),
+        name="terms.pdf",
+        content_type="application/pdf",
+        size=4,
+        expires_at=timezone.now() - timedelta(hours=1),
+    )
+    partly_failed.materials.add(attachment)
+    Message.objects.filter(pk=partly_failed.pk).update(finished_at=timezone.now())
+
+    assert materials_purge() == 0
+    assert materials_purge(now=timezone.now() + timedelta(days=8)) == 1
+    assert not Material.objects.filter(pk=attachment.pk).exists()
