@@ -111,9 +111,23 @@ def test_production_without_redis_or_postgresql_is_warned_about(monkeypatch):
         CELERY_BROKER_URL="",
         CELERY_BROKER_FOLDER="/srv/ums/broker",
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3"}},
+        UMS_PUBLIC_URL="http://127.0.0.1:8000",
     )
     monkeypatch.setattr(checks, "settings", production)
 
     ids = {warning.id for warning in checks.check_production_services(None)}
 
-    assert ids == {"ums.W003", "ums.W004"}
+    assert ids == {"ums.W003", "ums.W004", "ums.W005"}
+
+
+def test_production_with_its_own_services_and_public_address_passes(monkeypatch):
+    production = SimpleNamespace(
+        DEBUG=False,
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        CELERY_BROKER_FOLDER="/srv/ums/broker",
+        DATABASES={"default": {"ENGINE": "django.db.backends.postgresql"}},
+        UMS_PUBLIC_URL="https://mail.example.com",
+    )
+    monkeypatch.setattr(checks, "settings", production)
+
+    assert checks.check_production_services(None) == []

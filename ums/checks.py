@@ -1,7 +1,9 @@
 """System checks that refuse dangerous combinations of settings."""
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
@@ -113,4 +115,21 @@ def check_production_services(app_configs: Iterable[Any] | None, **kwargs: Any) 
                 id="ums.W004",
             )
         )
+    host = urlsplit(settings.UMS_PUBLIC_URL).hostname or ""
+    if host in ("localhost", "") or _is_loopback(host):
+        warnings.append(
+            Warning(
+                f"UMS_PUBLIC_URL is {settings.UMS_PUBLIC_URL}: the unsubscribe links in marketing "
+                "mail would point at this machine's loopback address.",
+                hint="Set UMS_PUBLIC_URL=https://<the public host of this server>.",
+                id="ums.W005",
+            )
+        )
     return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -168,6 +168,14 @@ UMS_DISPATCH_GRACE = env_int(env, "UMS_DISPATCH_GRACE", default=120, minimum=1)
 UMS_SWEEP_INTERVAL = env_positive(env, "UMS_SWEEP_INTERVAL", default=15.0)
 UMS_MATERIAL_MAX_BYTES = env_int(env, "UMS_MATERIAL_MAX_BYTES", default=10 * 1024 * 1024, minimum=1)
 UMS_MAILCATCHER_PORT = env_int(env, "UMS_MAILCATCHER_PORT", default=1025, minimum=1, maximum=65535)
+# The address recipients and callback receivers reach this server at (unsubscribe links).
+UMS_PUBLIC_URL = env.str("UMS_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Status callbacks: POST timeout, retries after the first failure, and the wait between them.
+UMS_CALLBACK_TIMEOUT = env_positive(env, "UMS_CALLBACK_TIMEOUT", default=10.0)
+UMS_CALLBACK_RETRIES = env_int(env, "UMS_CALLBACK_RETRIES", default=3)
+UMS_CALLBACK_RETRY_SECONDS = env_int(env, "UMS_CALLBACK_RETRY_SECONDS", default=50, minimum=1)
+# Redis for the sending and API limits shared by all workers; empty: the broker's Redis, if any.
+UMS_RATE_LIMIT_REDIS_URL = env.str("UMS_RATE_LIMIT_REDIS_URL", default="")
 
 # --- Celery ------------------------------------------------------------------------------
 
