@@ -8,4 +8,5 @@ class MessagingConfig(AppConfig):
 
     def ready(self) -> None:
         # The compose page registers the drafts' admin; it lives apart from messaging/admin.py.
+        from messaging import admin_lists  # noqa: F401
         from messaging.compose import admin  # noqa: F401

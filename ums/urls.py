@@ -16,4 +16,5 @@ urlpatterns = [
     path("", home),
     path("admin/", admin.site.urls),
     path("v1/", include("ums.api_urls")),
+    path("u/", include("messaging.unsubscribe")),
 ]
