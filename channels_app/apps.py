@@ -7,5 +7,6 @@ class ChannelsAppConfig(AppConfig):
     verbose_name = _("Channels and senders")
 
     def ready(self) -> None:
-        # The sending strategies' pages live apart from channels_app/admin.py.
-        from channels_app import admin_rules  # noqa: F401
+        # The sending strategies' pages live apart from channels_app/admin.py; the rate
+        # limiter registers its system check.
+        from channels_app import admin_rules, ratelimit  # noqa: F401
