@@ -34,7 +34,7 @@ SHOWN_REPLY_CHARS = 80
 
 def callback_timeout() -> float:
     """Seconds for one request (connecting, sending and reading the answer)."""
-    return float(getattr(settings, "UMS_CALLBACK_TIMEOUT", 5.0))
+    return float(getattr(settings, "UMS_CALLBACK_TIMEOUT", 10.0))
 
 
 class CallbackUrlRefused(Exception):
