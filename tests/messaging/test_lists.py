@@ -489,7 +489,7 @@ def test_channel_admins_do_not_see_lists(client, role_user):
     assert response.status_code == 403
 
 
-def test_lists_are_filtered_by_kind_and_channel(data_admin, channel):
+def test_lists_are_filtered_by_kind_and_channel_and_found_by_number(data_admin, channel):
     make_list("black", 1, channel)
     make_list("white", 2, None)
     url = reverse("admin:messaging_recipientlist_changelist")
@@ -497,10 +497,12 @@ def test_lists_are_filtered_by_kind_and_channel(data_admin, channel):
     by_kind = data_admin.get(url, {"kind__exact": "white"}).content.decode()
     everywhere = data_admin.get(url, {"scope": "all"}).content.decode()
     by_channel = data_admin.get(url, {"scope": str(channel.pk)}).content.decode()
+    by_number = data_admin.get(url, {"q": "2"}).content.decode()
 
     assert "white 2" in by_kind and "black 1" not in by_kind
     assert "white 2" in everywhere and "black 1" not in everywhere
     assert "black 1" in by_channel and "white 2" not in by_channel
+    assert "white 2" in by_number and "black 1" not in by_number
 
 
 # --- console: the suppression list --------------------------------------------------------------
