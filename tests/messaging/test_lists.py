@@ -576,6 +576,26 @@ def test_the_suppression_list_is_searched_and_filtered(data_admin, channel):
     assert "ann@example.com" in everywhere and "bob@example.com" not in everywhere
 
 
+def test_data_admin_edits_only_the_note_of_a_suppressed_address(data_admin, channel):
+    row, _created = lists.address_suppress(email="ann@example.com", reason="unsubscribe")
+    url = reverse("admin:messaging_suppressedaddress_change", args=[row.pk])
+
+    page = data_admin.get(url).content.decode()
+    response = data_admin.post(
+        url, {"note": "asked by phone", "email": "x@example.com", "channel": channel.pk}
+    )
+
+    assert 'name="email"' not in page and 'name="note"' in page
+    assert response.status_code == 302
+    row.refresh_from_db()
+    assert (row.email, row.channel, row.reason, row.note) == (
+        "ann@example.com",
+        None,
+        "unsubscribe",
+        "asked by phone",
+    )
+
+
 def test_data_admin_removes_a_suppressed_address(data_admin):
     row, _created = lists.address_suppress(email="ann@example.com", reason="manual")
 
