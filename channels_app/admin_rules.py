@@ -21,9 +21,12 @@ class SendingRuleStepFormSet(BaseInlineFormSet):
 
     def get_form_kwargs(self, index: int | None) -> dict[str, Any]:
         kwargs = super().get_form_kwargs(index)
-        if index is None or index >= self.initial_form_count():
-            # A row added at the bottom comes after the senders already listed.
-            kwargs["initial"] = {"position": self.initial_form_count() + 1}
+        # A row added at the bottom comes after the senders already listed (the page numbers
+        # the rows that "Add another" clones from the blank form).
+        if index is None:
+            kwargs["initial"] = {"position": self.total_form_count() + 1}
+        elif index >= self.initial_form_count():
+            kwargs["initial"] = {"position": index + 1}
         return kwargs
 
     def ordered_senders(self) -> list[EmailSender]:
@@ -68,6 +71,15 @@ class SendingRuleStepInline(admin.TabularInline):
             kwargs["queryset"] = _sender_choices(request)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "sender" and field is not None:
+            # A sender made or edited from here would not be authorized to the channel yet.
+            field.widget.can_add_related = False
+            field.widget.can_change_related = False
+            field.widget.can_delete_related = False
+        return field
+
 
 def _sender_choices(request: HttpRequest) -> Any:
     """Senders authorized to the strategy's channel (on the add page: to any channel; the page
@@ -83,6 +95,7 @@ class SendingRuleForm(forms.ModelForm):
     class Meta:
         model = SendingRule
         fields = ["channel", "rule_id", "name", "is_enabled"]
+        labels = {"rule_id": "rule_id"}  # the API's field name, as callers write it
 
 
 @admin.register(SendingRule)
