@@ -317,7 +317,15 @@ class RedisLimiter(Limiter):
         import redis
 
         self.prefix = prefix
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        errors = redis.exceptions
+        # What an unreachable, loading, full or read-only Redis raises; anything else is a bug.
+        self._errors = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            errors.ReadOnlyError,
+            errors.OutOfMemoryError,
+            errors.BusyLoadingError,
+        )
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._grant = client.register_script(_GRANT_LUA)
         self._sent = client.register_script(_SENT_LUA)
@@ -401,8 +409,11 @@ class LocalLimiter(Limiter):
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[sqlite3.Connection, float]]:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")  # the write lock: one decision at a time on this machine
+        try:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")  # the write lock: one decision at a time on this machine
+        except (sqlite3.Error, OSError) as exc:  # locked for too long, unwritable, disk full
+            raise RateLimitUnavailable(f"{self.path}: {exc}") from exc
         try:
             yield db, time.time()
         except BaseException:

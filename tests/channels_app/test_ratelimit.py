@@ -162,6 +162,15 @@ def test_an_unreachable_redis_stops_limited_sending(store, settings):
         ratelimit.sender_permit(sender_id=1, limits=SenderLimits(per_second=5))
 
 
+def test_an_unusable_limits_file_stops_limited_sending(settings, tmp_path):
+    settings.UMS_RATE_LIMIT_REDIS_URL = settings.CELERY_BROKER_URL = ""
+    (tmp_path / "not-a-folder").write_text("")
+    settings.UMS_RATE_LIMIT_FILE = str(tmp_path / "not-a-folder" / "ratelimit.sqlite3")
+
+    with pytest.raises(ratelimit.RateLimitUnavailable):
+        ratelimit.sender_permit(sender_id=1, limits=SenderLimits(per_second=5))
+
+
 def test_redis_keys_expire(settings, redis_url):
     settings.UMS_RATE_LIMIT_REDIS_URL = redis_url
     settings.UMS_RATE_LIMIT_PREFIX = prefix = f"test:{uuid.uuid4().hex}:"
