@@ -22,6 +22,9 @@ Each method runs --repeat times (3 by default; a CHECKPOINT before each run) and
 the median, with the range of the rates. The pipeline is warmed up first with one 200-recipient
 send. The API's latency for a 1000-userid send is measured apart: 25 calls (after 3 warm-up calls)
 to the warm server while the workers are stopped, so that they do not compete for the CPU.
+During each pipeline run the script also reads from /proc how many CPU seconds each part used
+(workers, PostgreSQL, the sink, the API server, Redis, itself) and how busy the whole machine was:
+on a 2-CPU machine, that shows where the time goes and whether something else was running.
 
 Usage (from the project root; PostgreSQL on 127.0.0.1:5432 with trust auth for `postgres`, Redis
 on 127.0.0.1:6379, `smtp-sink` from the Debian package `postfix`):
@@ -608,6 +611,73 @@ def machine_info(load: tuple[float, float, float]) -> dict[str, str]:
     }
 
 
+# --- where the CPU goes: per-process CPU time from /proc (Linux) --------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPU_PARTS = ("workers", "PostgreSQL", "smtp-sink", "API server", "Redis", "this script")
+
+
+def _proc_stats() -> dict[int, tuple[str, int, int, int, int]]:
+    """pid -> (command line, process group, parent, own CPU ticks, reaped children's ticks)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        stats[int(entry)] = (command, int(fields[2]), int(fields[1]), own, reaped)
+    return stats
+
+
+def cpu_sample(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each part, and by the whole machine ("busy", "total").
+
+    groups maps a part to the process group of a child started by this script (the worker with
+    its pool, the API server, the sink). PostgreSQL counts the sessions of the benchmark's
+    database, and the sessions that ended (the postmaster's reaped children, of any database:
+    the API server opens one per request).
+    """
+    stats = _proc_stats()
+    seconds = dict.fromkeys(CPU_PARTS, 0)
+    leaders = {pgid: part for part, pgid in groups.items()}
+    for pid, (command, pgid, parent, own, reaped) in stats.items():
+        if pgid in leaders:
+            seconds[leaders[pgid]] += own + (reaped if pid == pgid else 0)
+        elif f" {DB_NAME} " in command and command.startswith("postgres:"):
+            seconds["PostgreSQL"] += own
+            postmaster = stats.get(parent)
+            if postmaster and seconds.get("_postmaster") is None:
+                seconds["_postmaster"] = postmaster[4]
+        elif command.startswith("redis-server"):
+            seconds["Redis"] += own
+    seconds["PostgreSQL"] += seconds.pop("_postmaster", 0)
+    mine = os.times()
+    result = {part: ticks / CLOCK_TICKS for part, ticks in seconds.items()}
+    result["this script"] = mine.user + mine.system
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    result["total"] = sum(cpu[:8]) / CLOCK_TICKS
+    result["busy"] = result["total"] - (cpu[3] + cpu[4]) / CLOCK_TICKS
+    return result
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {part: after[part] - before[part] for part in after}
+
+
+def cpu_line(used: dict[str, float]) -> str:
+    parts = ", ".join(f"{part} {used[part]:.2f}" for part in CPU_PARTS)
+    rest = used["busy"] - sum(used[part] for part in CPU_PARTS)
+    return (
+        f"CPU s: {parts}; anything else {max(rest, 0):.2f};"
+        f" machine busy {used['busy']:.2f} of {used['total']:.2f}"
+    )
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -642,7 +712,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def report(
-    rows: list[Row], latency: list[float], under_load: list[float], info: dict[str, str]
+    rows: list[Row],
+    latency: list[float],
+    under_load: list[float],
+    info: dict[str, str],
+    cpu: dict[str, float],
 ) -> dict[str, Any]:
     floor = next(r for r in rows if r.method == "floor")
     ours = next(r for r in rows if r.method.startswith("ours"))
@@ -684,6 +758,7 @@ def report(
             f"API during the run : median {statistics.median(under_load) * 1000:.1f} ms,"
             f" max {max(under_load) * 1000:.1f} ms over {len(under_load)} calls"
         )
+    lines.append(f"ours, median of the runs: {cpu_line(cpu)}")
     print("\n".join(lines))
     return {
         "machine": info,
@@ -695,6 +770,7 @@ def report(
         "peer_ratio": peer_ratio,
         "api_ms": [x * 1000 for x in latency],
         "api_under_load_ms": [x * 1000 for x in under_load],
+        "ours_cpu_seconds": cpu,
     }
 
 
@@ -766,10 +842,15 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str
     calls = math.ceil(n / API_CHUNK)
     ours = Row(method, n, note=f"{calls} API calls; {WORKER_PROCESSES} worker processes")
     under_load: list[float] = []
+    groups = {"workers": worker.process.pid, "API server": server.process.pid}
+    groups["smtp-sink"] = sink.process.pid
+    cpu_runs: list[dict[str, float]] = []
     for attempt in range(args.repeat):
         checkpoint(DB_NAME)
         before = sink_count(sink)
+        cpu_before = cpu_sample(groups)
         timed = run_pipeline(send, n)
+        cpu_runs.append(cpu_used(cpu_before, cpu_sample(groups)))
         after = wait_sink_count(sink, before + n)
         if timed.failed or timed.sent != n or after - before != n:
             raise RuntimeError(
@@ -781,7 +862,9 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str
             f"ours #{attempt + 1}: {calls} calls answered in {timed.api_wall:.2f}s,"
             f" {n} sent in {timed.wall:.2f}s ({n / timed.wall:.0f}/s)"
         )
+        log(f"ours #{attempt + 1}: {cpu_line(cpu_runs[-1])}")
     rows.append(ours)
+    cpu = {part: statistics.median(run[part] for run in cpu_runs) for part in cpu_runs[0]}
 
     children.stop(worker)
     if not args.via_service:
@@ -842,7 +925,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str
         peer.note = f"queueing {statistics.median(queueing):.2f}s of it"
         rows.append(peer)
     rows.sort(key=lambda r: {"floor": 0, "floor-unpinned": 1, "post-office": 3}.get(r.method, 2))
-    return report(rows, latency, under_load, info)
+    return report(rows, latency, under_load, info, cpu)
 
 
 def main() -> int:

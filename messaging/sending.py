@@ -8,15 +8,15 @@ A duplicate task finds nothing left to claim.
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Count, Exists, F, Q
 from django.utils import timezone
 
 from channels_app import services as channel_services
@@ -215,7 +215,10 @@ class _Results:
 
 
 def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
-    message = Message.objects.select_related("sender", "channel").get(pk=message_id)
+    # The audience was resolved already, and can be long (every userid given).
+    message = (
+        Message.objects.select_related("sender", "channel").defer("audience").get(pk=message_id)
+    )
     if message.status == Message.Status.RETRACTED or not message.channel.is_enabled:
         # Nothing more goes out for a retracted message or a closed channel.
         _cancel_open(message.pk, batch=batch)
@@ -228,21 +231,22 @@ def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
         failure = Failure(FailureKind.AUTH, None, sender.health_error if sender else "")
         return BatchOutcome(sender_failure=failure)
     message.sender = sender
-    claimed = _claim(message, batch)
-    if not claimed:
-        return BatchOutcome()
-    try:
-        template = message_template(message)
-        config = sender.smtp_config()
-    except Exception as exc:
-        logger.exception("message %s cannot be built", message.msgid)
-        failure = Failure(FailureKind.PERMANENT, None, str(exc)[:500])
-        results = _Results(retry=list(claimed))
-        for row in claimed:
-            _note(row, failure)
-        return _finish_batch(message, results, claimed, None)
-    results, sender_failure = _send(message, claimed, template, config)
-    outcome = _finish_batch(message, results, claimed, sender_failure)
+    with fast_commits():
+        claimed = _claim(message, batch)
+        if not claimed:
+            return BatchOutcome()
+        try:
+            template = message_template(message)
+            config = sender.smtp_config()
+        except Exception as exc:
+            logger.exception("message %s cannot be built", message.msgid)
+            failure = Failure(FailureKind.PERMANENT, None, str(exc)[:500])
+            results = _Results(retry=list(claimed))
+            for row in claimed:
+                _note(row, failure)
+            return _finish_batch(message, results, claimed, None)
+        results, sender_failure = _send(message, claimed, template, config)
+        outcome = _finish_batch(message, results, claimed, sender_failure)
     if sender_failure is not None:
         _mark_sender(sender, sender_failure)
     return outcome
@@ -291,7 +295,7 @@ def _claim(message: Message, batch: int) -> list[_Claimed]:
     now = timezone.now()
     if connection.vendor == "postgresql":  # one statement instead of a locking read and an update
         params = [Delivery.Status.SENDING, now, message.pk, batch, Delivery.Status.PENDING]
-        with transaction.atomic(), connection.cursor() as cursor:
+        with connection.cursor() as cursor:  # autocommit: the statement is its own transaction
             cursor.execute(_CLAIM_SQL, [*params, Delivery.Status.RETRYING, now])
             return [_Claimed(*row) for row in sorted(cursor.fetchall())]
     due = Q(status=Delivery.Status.PENDING) | Q(
@@ -323,7 +327,7 @@ def _send(
             for row in claimed:
                 _note(row, failure)
             return results, failure if failure.sender_problem else None
-        with fast_commits(), connection.cursor() as cursor:
+        with connection.cursor() as cursor:
             return results, _send_each(message, claimed, template, backend, results, cursor)
     except SoftTimeLimitExceeded:
         # Out of time: what was not recorded goes back for a retry (see _record).
@@ -439,7 +443,9 @@ _SENT_MANY_SQL = """
 
 @contextmanager
 def fast_commits() -> Iterator[None]:
-    """Records of acceptances without waiting for the disk at each commit (PostgreSQL).
+    """A batch's writes (claim, records, results) without waiting for the disk at each commit
+    (PostgreSQL): a batch commits a few dozen times, and each wait for the disk took
+    milliseconds.
 
     A dead worker loses none of the records it wrote: each is committed before the next group
     starts. Only a crash of the database server itself could lose the last fraction of a second
@@ -453,8 +459,13 @@ def fast_commits() -> Iterator[None]:
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SET synchronous_commit TO DEFAULT")
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit TO DEFAULT")
+        except DatabaseError:
+            # Never leave the setting to the connection's next user (connections are kept
+            # across tasks); a connection that cannot reset it is not worth keeping.
+            connection.close()
 
 
 def _record_sent(cursor: Any, rows: list[tuple[int, int, str, str, datetime]]) -> None:
@@ -526,9 +537,9 @@ def _record(
         "claimed_at",
         "attempts",
     ]
-    with transaction.atomic():
+    outcome.sent, outcome.failed = len(results.sent), len(results.failed)
+    with transaction.atomic() if changed else nullcontext():
         Delivery.objects.bulk_update(changed, fields, batch_size=1000)
-        outcome.sent, outcome.failed = len(results.sent), len(results.failed)
         Message.objects.filter(pk=message.pk).update(
             sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed
         )
@@ -554,10 +565,13 @@ def _mark_sender(sender: EmailSender, failure: Failure) -> None:
 
 
 def message_finish_if_done(*, message_id: int) -> bool:
-    if Delivery.objects.filter(message_id=message_id, status__in=OPEN).exists():
-        return False
-    finished = Message.objects.filter(pk=message_id, status=Message.Status.SENDING).update(
-        status=Message.Status.DONE, finished_at=timezone.now()
+    """A sending message with nothing left open becomes done (one statement: it runs after
+    every batch)."""
+    still_open = Delivery.objects.filter(message_id=message_id, status__in=OPEN)
+    finished = (
+        Message.objects.filter(pk=message_id, status=Message.Status.SENDING)
+        .exclude(Exists(still_open))
+        .update(status=Message.Status.DONE, finished_at=timezone.now())
     )
     if finished:
         message_recount(message_id=message_id)
