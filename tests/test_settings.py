@@ -1,5 +1,6 @@
 """Settings refuse bad values loudly; system checks refuse dangerous combinations."""
 
+import os
 from types import SimpleNamespace
 
 import environ
@@ -131,3 +132,30 @@ def test_production_with_its_own_services_and_public_address_passes(monkeypatch)
     monkeypatch.setattr(checks, "settings", production)
 
     assert checks.check_production_services(None) == []
+
+
+def test_old_secret_keys_from_the_environment_still_verify_signatures(tmp_path):
+    """DJANGO_SECRET_KEY_FALLBACKS keeps unsubscribe links valid across a key change."""
+    import subprocess
+    import sys
+
+    from django.core import signing
+
+    old_key = "the-old-key-0123456789abcdefghijklmnopqrstuvwxyz"
+    token = signing.dumps("ann@example.com", key=old_key, salt="check")
+    code = (
+        "import django; django.setup(); from django.core import signing; "
+        f"print(signing.loads({token!r}, salt='check'))"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "ums.settings",
+        "UMS_ENV_FILE": "",
+        "DJANGO_SECRET_KEY": "the-new-key-0123456789abcdefghijklmnopqrstuvwxyz",
+        "DJANGO_SECRET_KEY_FALLBACKS": old_key,
+        "UMS_FIELD_KEYS": "pVqH0y0fM0a9cfXwpZ2mD8kq0dN1tEgwoyG7c3O6jG8=",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.stdout.strip() == "ann@example.com", result.stderr

@@ -38,6 +38,8 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"  # noqa: S105
+# Earlier keys, still accepted for signatures (sessions, unsubscribe links in mail already sent).
+SECRET_KEY_FALLBACKS = env_strings(env, "DJANGO_SECRET_KEY_FALLBACKS", default=[])
 
 ALLOWED_HOSTS = env_strings(
     env, "DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else []
