@@ -376,7 +376,7 @@ class SuppressedAddress(models.Model):
 
     class Meta:
         verbose_name = _("suppressed address")
-        verbose_name_plural = _("suppression list")
+        verbose_name_plural = _("suppressed addresses")
         ordering = ["-created_at", "-pk"]
         constraints = [
             # One row per address and scope; NULLS NOT DISTINCT is not on SQLite, so the
