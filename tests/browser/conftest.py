@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.db import connections
+from django.db.models import Q
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from pytest_django.plugin import blocking_manager_key
 
 from tests.processes import ROOT
 from ums.roles import ROLES
@@ -70,19 +72,35 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
             connections.close_all()
 
 
+def roles_create() -> None:
+    """The role groups with their permissions, as the data migrations leave them."""
+    for role, dotted in ROLES.items():
+        group, _created = Group.objects.get_or_create(name=role)
+        wanted = Q(pk__in=[])
+        for name in dotted:
+            app_label, codename = name.split(".")
+            wanted |= Q(content_type__app_label=app_label, codename=codename)
+        group.permissions.set(Permission.objects.filter(wanted))
+
+
 @pytest.fixture
 def staff_roles(transactional_db) -> None:
-    """The role groups of the data migrations, which the flush after a transactional test removes.
+    """The role groups, which the flush after a transactional test run before may have removed.
 
     (The flush recreates the permissions, not the groups.)
     """
-    for role, dotted in ROLES.items():
-        group, _created = Group.objects.get_or_create(name=role)
-        for name in dotted:
-            app_label, codename = name.split(".")
-            group.permissions.add(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+    roles_create()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """After the flush that ends each of these tests, the role groups are put back for the tests
+    that follow, which expect the database as migrated."""
+    result = yield
+    if nextitem is not None:  # after the last test, the test database is gone
+        with item.config.stash[blocking_manager_key].unblock():
+            roles_create()
+    return result
 
 
 @pytest.fixture
