@@ -634,8 +634,7 @@ def job_validate(job: ImportJob, *, progress: Progress | None = None) -> ImportJ
         )
         return job
     _analyze_staging()
-    conflicts = _find_conflicts(job)
-    counts = _count_changes(job)
+    conflicts, counts = _check_staged(job)
     error_count = staging.error_count + conflicts
     rows = {"total_rows": staging.read, "processed_rows": staging.read, "error_count": error_count}
     if error_count:
@@ -663,11 +662,11 @@ def _stage_file(job: ImportJob, progress: Progress | None) -> Staging:
         positions = map_header(header)
         staging = Staging(job=job)
         channel_keys = set(Channel.objects.values_list("channel_key", flat=True))
+        stage_row = RowCleaner(staging, positions, channel_keys)
         for number, cells in enumerate(rows, start=2):
-            if not any(cell not in (None, "") for cell in cells):
+            if not stage_row(number, cells):
                 continue  # blank lines are not rows
             staging.read += 1
-            _stage_row(staging, number, cells, positions, channel_keys)
             if staging.read % BATCH_ROWS == 0:
                 staging.flush()
                 _set(job, processed_rows=staging.read, error_count=staging.error_count)
@@ -681,39 +680,85 @@ def _stage_file(job: ImportJob, progress: Progress | None) -> Staging:
     return staging
 
 
-def _cell(cells: list[Any], index: int | None) -> Any:
-    if index is None or index >= len(cells):
-        return None
-    value = cells[index]
+CACHED_CELLS = 10_000  # distinct bind_id and tag cells of a file whose cleaning is remembered
+
+
+def _unquoted(value: Any) -> Any:
     # Our exports quote cells that would run as formulas ('=…); take them back as they were.
     if type(value) is str and len(value) > 1 and value[0] == "'" and value[1] in "=+-@":
         return value[1:]
     return value
 
 
-def _stage_row(
-    staging: Staging,
-    number: int,
-    cells: list[Any],
-    positions: dict[str, int],
-    channel_keys: set[str],
-) -> None:
-    try:
-        userid = clean_userid(_cell(cells, positions["userid"]))
-        email = clean_email(_cell(cells, positions["email"]))
-        bind_id = clean_bind_id(
-            _cell(cells, positions.get("bind_id")),
-            channel_keys=channel_keys,
-            default=staging.job.default_bind_id,
+class RowCleaner:
+    """Cleans the rows of one file into staging, with the shared validators.
+
+    The column positions are looked up once, and the bind_id and tag cells, which repeat from
+    row to row, are cleaned once per distinct text (the validators depend on nothing else).
+    """
+
+    def __init__(self, staging: Staging, positions: dict[str, int], channel_keys: set[str]) -> None:
+        self.staging = staging
+        self.positions = positions
+        self.userid_at = positions["userid"]
+        self.email_at = positions["email"]
+        self.bind_id_at = positions.get("bind_id", -1)
+        self.tag_at = positions.get("tag", -1)
+        self.channel_keys = channel_keys
+        self.default_bind_id = staging.job.default_bind_id
+        self.scopes: dict[str, str | FieldError] = {}
+        self.tags: dict[str, tuple[str, ...] | FieldError] = {}
+
+    def __call__(self, number: int, cells: list[Any]) -> bool:
+        """Stage a row, or its error; False for a blank row, which is not a row at all."""
+        width = len(cells)
+        userid = cells[self.userid_at] if self.userid_at < width else None
+        if (userid is None or userid == "") and all(cell in (None, "") for cell in cells):
+            return False
+        staging = self.staging
+        try:
+            userid = clean_userid(_unquoted(userid))
+            email = clean_email(_unquoted(cells[self.email_at]) if self.email_at < width else None)
+            bind_id = self._scope(cells[self.bind_id_at] if 0 <= self.bind_id_at < width else None)
+            tag_cell = cells[self.tag_at] if 0 <= self.tag_at < width else None
+            tags = self._tags(tag_cell) if tag_cell is not None and tag_cell != "" else ()
+        except FieldError as exc:
+            at = self.positions.get(exc.field, -1)
+            value = _unquoted(cells[at]) if 0 <= at < width else None
+            staging.add_error(number, exc.field, value, exc.message)
+            return True
+        job_id = staging.job.pk
+        staging.rows.append((job_id, number, userid, bind_id, email))
+        if tags:
+            staging.tags.extend([(job_id, userid, bind_id, tag) for tag in tags])
+        return True
+
+    def _scope(self, value: Any) -> str:
+        return self._cached(self.scopes, value, self._clean_scope)
+
+    def _clean_scope(self, value: Any) -> str:
+        return clean_bind_id(
+            _unquoted(value), channel_keys=self.channel_keys, default=self.default_bind_id
         )
-        tag_cell = _cell(cells, positions.get("tag"))
-        tags = clean_tags(tag_cell) if tag_cell not in (None, "") else ()
-    except FieldError as exc:
-        staging.add_error(number, exc.field, _cell(cells, positions.get(exc.field)), exc.message)
-        return
-    job_id = staging.job.pk
-    staging.rows.append((job_id, number, userid, bind_id, email))
-    staging.tags.extend((job_id, userid, bind_id, tag) for tag in tags)
+
+    def _tags(self, value: Any) -> tuple[str, ...]:
+        return self._cached(self.tags, value, lambda cell: tuple(clean_tags(_unquoted(cell))))
+
+    @staticmethod
+    def _cached(cache: dict[str, Any], value: Any, clean: Callable[[Any], Any]) -> Any:
+        if type(value) is not str:  # numbers, None: not worth it (and 1 == True as a key)
+            return clean(value)
+        result = cache.get(value)
+        if result is None:
+            try:
+                result = clean(value)
+            except FieldError as exc:
+                result = exc
+            if len(cache) < CACHED_CELLS:
+                cache[value] = result
+        if isinstance(result, FieldError):
+            raise FieldError(result.field, result.message)  # a new one: no traceback piling up
+        return result
 
 
 def _analyze_staging() -> None:
@@ -724,10 +769,40 @@ def _analyze_staging() -> None:
             cursor.execute("ANALYZE users_app_importrow, users_app_importtag")
 
 
-def _find_conflicts(job: ImportJob) -> int:
-    """Rows that give a (userid, bind_id) another email than its first row did."""
+def _check_staged(job: ImportJob) -> tuple[int, dict[str, int]]:
+    """Conflicting duplicates, and how the staged bindings compare with the stored ones (new,
+    updated, unchanged), in one pass over the staged rows; the conflicts are listed only if any.
+
+    A conflict is a row that gives a (userid, bind_id) another email than its first row did.
+    """
     # A window over the staged rows: one sort, on PostgreSQL and SQLite alike (a grouped
     # subquery joined back to the rows was re-evaluated per row by SQLite's planner).
+    sql = """
+        SELECT
+            COALESCE(SUM(CASE WHEN s.email <> s.first_email THEN 1 ELSE 0 END), 0),
+            COALESCE(SUM(CASE WHEN s.n = 1 AND b.id IS NULL THEN 1 ELSE 0 END), 0),
+            COALESCE(SUM(CASE WHEN s.n = 1 AND b.email <> s.email THEN 1 ELSE 0 END), 0),
+            COALESCE(SUM(CASE WHEN s.n = 1 AND b.email = s.email THEN 1 ELSE 0 END), 0)
+        FROM (
+            SELECT userid, bind_id, email,
+                FIRST_VALUE(email) OVER key_rows AS first_email,
+                ROW_NUMBER() OVER key_rows AS n
+            FROM users_app_importrow WHERE job_id = %s
+            WINDOW key_rows AS (PARTITION BY userid, bind_id ORDER BY row)
+        ) s
+        LEFT JOIN users_app_umsuser u ON s.n = 1 AND u.userid = s.userid
+        LEFT JOIN users_app_useremailbinding b ON b.user_id = u.id AND b.bind_id = s.bind_id
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        _set_local_work_mem(cursor)
+        cursor.execute(sql, [job.pk])
+        conflicts, new, updated, unchanged = cursor.fetchone()
+    if conflicts:
+        _store_conflicts(job)
+    return conflicts, {"new_count": new, "updated_count": updated, "unchanged_count": unchanged}
+
+
+def _store_conflicts(job: ImportJob) -> None:
     sql = """
         SELECT row, email, first_row FROM (
             SELECT row, email,
@@ -738,9 +813,10 @@ def _find_conflicts(job: ImportJob) -> int:
         ) ranked
         WHERE email <> first_email
         ORDER BY row
+        LIMIT %s
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [job.pk])
+        cursor.execute(sql, [job.pk, MAX_STORED_ERRORS])
         conflicts = cursor.fetchall()
     reason = _("a different email for the same userid and bind_id as row %(row)s")
     ImportRowError.objects.bulk_create(
@@ -748,32 +824,21 @@ def _find_conflicts(job: ImportJob) -> int:
             ImportRowError(
                 job=job, row=row, column="email", value=email[:200], reason=reason % {"row": first}
             )
-            for row, email, first in conflicts[:MAX_STORED_ERRORS]
+            for row, email, first in conflicts
         ],
         batch_size=BATCH_ROWS,
     )
-    return len(conflicts)
 
 
-def _count_changes(job: ImportJob) -> dict[str, int]:
-    """How the staged bindings compare with the stored ones: new, updated, unchanged."""
-    sql = """
-        SELECT
-            COALESCE(SUM(CASE WHEN b.id IS NULL THEN 1 ELSE 0 END), 0),
-            COALESCE(SUM(CASE WHEN b.id IS NOT NULL AND b.email <> s.email THEN 1 ELSE 0 END), 0),
-            COALESCE(SUM(CASE WHEN b.email = s.email THEN 1 ELSE 0 END), 0)
-        FROM (
-            SELECT DISTINCT userid, bind_id,
-                FIRST_VALUE(email) OVER (PARTITION BY userid, bind_id ORDER BY row) AS email
-            FROM users_app_importrow WHERE job_id = %s
-        ) s
-        LEFT JOIN users_app_umsuser u ON u.userid = s.userid
-        LEFT JOIN users_app_useremailbinding b ON b.user_id = u.id AND b.bind_id = s.bind_id
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [job.pk])
-        new, updated, unchanged = cursor.fetchone()
-    return {"new_count": new, "updated_count": updated, "unchanged_count": unchanged}
+# Memory for the sorts and hashes over the staged rows (PostgreSQL's default of 4 MB spills a
+# million of them to disk several times over); SET LOCAL, so for one transaction only.
+WORK_MEM = "128MB"
+
+
+def _set_local_work_mem(cursor: Any) -> None:
+    if connection.vendor == "postgresql":
+        cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        cursor.execute("SET LOCAL jit = off")  # compiling costs more than it saves on these plans
 
 
 # --- phase 2: apply --------------------------------------------------------------------------
@@ -831,6 +896,91 @@ def job_finish(job: ImportJob, *, status: str, **fields: Any) -> None:
 
 def _apply_staging(job_id: int) -> int:
     now = timezone.now()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            _apply_postgresql(cursor, job_id, now)
+        else:
+            _apply_portable(cursor, job_id, now)
+        cursor.execute("SELECT COUNT(*) FROM users_app_importrow WHERE job_id = %s", [job_id])
+        return cursor.fetchone()[0]
+
+
+def _apply_postgresql(cursor: Any, job_id: int, now: Any) -> None:
+    """The apply in set-based statements that write each table in the order of its keys.
+
+    Users that this transaction creates get their bindings and tags by plain INSERTs: no other
+    transaction can see such a user yet, so none can have written a binding or a tag for it, and
+    PostgreSQL's conflict check per row is skipped. The users that existed before take
+    `INSERT … ON CONFLICT`, which also covers rows written meanwhile by the API.
+    """
+    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # checked per statement, not queued (2M)
+    _set_local_work_mem(cursor)
+    cursor.execute(
+        "CREATE TEMP TABLE import_new_user (id bigint NOT NULL, userid varchar(64) NOT NULL) "
+        "ON COMMIT DROP"
+    )
+    statements = [
+        (
+            """WITH created AS (
+                   INSERT INTO users_app_umsuser (userid, created_at, updated_at)
+                   SELECT userid, %s, %s FROM users_app_importrow WHERE job_id = %s
+                   GROUP BY userid ORDER BY userid
+                   ON CONFLICT (userid) DO NOTHING
+                   RETURNING id, userid
+               )
+               INSERT INTO import_new_user SELECT id, userid FROM created""",
+            [now, now, job_id],
+        ),
+        ("ANALYZE import_new_user", []),
+        (
+            """INSERT INTO users_app_useremailbinding (user_id, bind_id, email, updated_at)
+               SELECT n.id, s.bind_id, s.email, %s FROM (
+                   SELECT userid, bind_id, MIN(email) AS email FROM users_app_importrow
+                   WHERE job_id = %s GROUP BY userid, bind_id
+               ) s JOIN import_new_user n ON n.userid = s.userid
+               ORDER BY n.id, s.bind_id""",
+            [now, job_id],
+        ),
+        (
+            """INSERT INTO users_app_useremailbinding (user_id, bind_id, email, updated_at)
+               SELECT u.id, s.bind_id, s.email, %s FROM (
+                   SELECT userid, bind_id, MIN(email) AS email FROM users_app_importrow r
+                   WHERE job_id = %s
+                   AND NOT EXISTS (SELECT FROM import_new_user n WHERE n.userid = r.userid)
+                   GROUP BY userid, bind_id
+               ) s JOIN users_app_umsuser u ON u.userid = s.userid
+               ORDER BY u.id, s.bind_id
+               ON CONFLICT (user_id, bind_id) DO UPDATE
+               SET email = excluded.email, updated_at = excluded.updated_at
+               WHERE users_app_useremailbinding.email <> excluded.email""",
+            [now, job_id],
+        ),
+        (
+            """INSERT INTO users_app_usertag (user_id, bind_id, tag)
+               SELECT DISTINCT n.id, t.bind_id, t.tag FROM users_app_importtag t
+               JOIN import_new_user n ON n.userid = t.userid
+               WHERE t.job_id = %s
+               ORDER BY n.id, t.bind_id, t.tag""",
+            [job_id],
+        ),
+        (
+            """INSERT INTO users_app_usertag (user_id, bind_id, tag)
+               SELECT DISTINCT u.id, t.bind_id, t.tag FROM users_app_importtag t
+               JOIN users_app_umsuser u ON u.userid = t.userid
+               WHERE t.job_id = %s
+               AND NOT EXISTS (SELECT FROM import_new_user n WHERE n.userid = t.userid)
+               ORDER BY u.id, t.bind_id, t.tag
+               ON CONFLICT (user_id, bind_id, tag) DO NOTHING""",
+            [job_id],
+        ),
+        ("DROP TABLE import_new_user", []),  # before the commit, for an apply inside a transaction
+    ]
+    for sql, params in statements:
+        cursor.execute(sql, params)
+
+
+def _apply_portable(cursor: Any, job_id: int, now: Any) -> None:
+    """The same writes for other databases (SQLite in development), each table in one statement."""
     statements = [
         (
             """INSERT INTO users_app_umsuser (userid, created_at, updated_at)
@@ -860,14 +1010,8 @@ def _apply_staging(job_id: int) -> int:
             [job_id],
         ),
     ]
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Checked as each statement runs, not queued for the commit (2M trigger events).
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        for sql, params in statements:
-            cursor.execute(sql, params)
-        cursor.execute("SELECT COUNT(*) FROM users_app_importrow WHERE job_id = %s", [job_id])
-        return cursor.fetchone()[0]
+    for sql, params in statements:
+        cursor.execute(sql, params)
 
 
 def job_discard_staging(job: ImportJob, *, errors: bool = False) -> None:

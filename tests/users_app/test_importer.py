@@ -157,6 +157,42 @@ def test_a_changed_address_counts_as_updated(tmp_path):
     assert bindings() == {("u1", "all", "new@example.com")}
 
 
+def test_new_and_known_users_in_one_file_both_get_their_bindings_and_tags(tmp_path, channel):
+    key = channel.channel_key
+    first = csv_bytes([["u1", "a@example.com", "", "old"], ["u1", "a-shop@example.com", key, ""]])
+    importer.job_apply(upload(tmp_path, "v1.csv", first))
+
+    job = upload(
+        tmp_path,
+        "v2.csv",
+        csv_bytes(
+            [
+                ["u2", "b@example.com", "", "new"],
+                ["u1", "a-shop2@example.com", key, "vip"],
+                ["u1", "a@example.com", "", "old"],
+                ["u3", "c@example.com", key, "new, vip"],
+            ]
+        ),
+    )
+    importer.job_apply(job)
+
+    assert (job.new_count, job.updated_count, job.unchanged_count) == (2, 1, 1)
+    assert bindings() == {
+        ("u1", "all", "a@example.com"),
+        ("u1", key, "a-shop2@example.com"),
+        ("u2", "all", "b@example.com"),
+        ("u3", key, "c@example.com"),
+    }
+    assert set(UserTag.objects.values_list("user__userid", "bind_id", "tag")) == {
+        ("u1", "all", "old"),
+        ("u1", key, "vip"),
+        ("u2", "all", "new"),
+        ("u3", key, "new"),
+        ("u3", key, "vip"),
+    }
+    assert UmsUser.objects.count() == 3
+
+
 def test_the_form_default_bind_id_applies_to_empty_cells(tmp_path, channel):
     job = upload(
         tmp_path,
