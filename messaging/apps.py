@@ -10,4 +10,5 @@ class MessagingConfig(AppConfig):
         # The compose page registers the drafts' admin; it lives apart from messaging/admin.py.
         import messaging.admin_callbacks  # noqa: F401
         from messaging import admin_lists  # noqa: F401
+        from messaging import admin_templates as _templates  # noqa: F401
         from messaging.compose import admin  # noqa: F401
