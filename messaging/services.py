@@ -3,7 +3,7 @@
 import html as html_lib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesParser
@@ -20,10 +20,23 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from kombu.exceptions import OperationalError
 
-from channels_app.models import Channel
+from channels_app.callbacks import CallbackUrlRefused, callback_url_for_message
+from channels_app.models import Channel, EmailSender, SendingRule
+from channels_app.ratelimit import broadcast_quota_take
+from channels_app.rules import SendingRuleInvalid, rule_senders, sending_rule_for_message
 from channels_app.selectors import channel_default_sender
-from messaging.models import CapturedEmail, Delivery, Material, Message, SendnoKey
+from messaging.lists import ListRefused, recipient_list_for_message
+from messaging.models import (
+    CapturedEmail,
+    Delivery,
+    Material,
+    Message,
+    MessageTemplate,
+    RecipientList,
+    SendnoKey,
+)
 from messaging.selectors import sendno_message
+from messaging.templating import TemplateError, template_for_message, template_render
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +80,16 @@ class Content:
     from_name: str = ""
     reply_to: str = ""
     materials: list[Material] = field(default_factory=list)
+    # The subject or body holds {{userid}} / {{email}}, filled per recipient by the pipeline.
+    personalized: bool = False
+
+
+@dataclass(frozen=True)
+class TemplateUse:
+    """A template send: the template's id and the values of its variables (`template_para`)."""
+
+    template_id: int
+    para: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,8 +98,27 @@ class Options:
     owner: str = ""
     priority: int = Message.Priority.MEDIUM
     send_at: datetime | None = None
+    # As requested: {"url": ..., "params": {...}}, both optional. The stored callback holds
+    # the verified URL chosen (the channel's default when none is given) and the params.
     callback: dict[str, Any] = field(default_factory=dict)
     test: bool = False
+    rule_id: int | None = None  # a sending strategy; None or 0: the channel's default sender
+    black_id: int | None = None
+    white_id: int | None = None
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What a send request names, checked: stored on the message."""
+
+    content: Content
+    sender: EmailSender
+    rule: SendingRule | None = None
+    template: MessageTemplate | None = None
+    template_para: dict[str, Any] = field(default_factory=dict)
+    black_list: RecipientList | None = None
+    white_list: RecipientList | None = None
+    callback: dict[str, Any] = field(default_factory=dict)
 
 
 def html_to_text(markup: str) -> str:
@@ -94,27 +136,43 @@ def message_create(
     *,
     channel: Channel,
     audience: Audience,
-    content: Content,
     options: Options,
     source: str,
+    content: Content | None = None,
+    template: TemplateUse | None = None,
     created_by: AbstractBaseUser | None = None,
 ) -> tuple[Message, bool]:
     """Store a message and queue it; returns (message, created).
 
-    A repeated sendno of the channel within 24 hours returns the first message and sends nothing.
+    Give `content`, or `template` for a template send (its subject and HTML are rendered with
+    the values, and stored with the template and the values). Raises SendRefused with the API
+    code: closed channel, unusable template (1015031/1015032, 4004 for a missing value),
+    sending strategy (1015026), no sender (1015010), lists (1015097/1015046/4004), callback
+    URL (4004), daily broadcast quota (1015029, checked last so that a refusal for another
+    reason uses none of it). A repeated sendno of the channel within 24 hours returns the first
+    message and sends nothing.
     """
+    if (content is None) == (template is None):
+        raise TypeError("message_create needs content or template, not both")
     if not channel.is_enabled:
         raise SendRefused(1015005, _("The channel is closed."), status=403)
-    sender = channel_default_sender(channel=channel)
-    if sender is None or not sender.port_usable:
-        raise SendRefused(1015010, _("The channel has no enabled, authorized email sender."))
+    template_row = None
+    if template is not None:
+        content, template_row = _template_content(channel, template)
+    resolved = _resolve(channel, content, options)
+    if template_row is not None:
+        resolved = replace(resolved, template=template_row, template_para=template.para)
     if options.sendno:
         existing = sendno_message(channel=channel, sendno=options.sendno)
         if existing is not None:
             return existing, False
+    if audience.everyone and not options.test and not broadcast_quota_take(channel=channel):
+        raise SendRefused(
+            1015029, _("The channel's broadcasts for today are used up: try again tomorrow.")
+        )
     try:
         with transaction.atomic():
-            message = _store(channel, sender, audience, content, options, source, created_by)
+            message = _store(channel, resolved, audience, options, source, created_by)
     except IntegrityError:  # a concurrent request with the same sendno won the race
         existing = sendno_message(channel=channel, sendno=options.sendno)
         if existing is None:
@@ -123,19 +181,69 @@ def message_create(
     return message, True
 
 
+def _template_content(channel: Channel, use: TemplateUse) -> tuple[Content, MessageTemplate]:
+    try:
+        template = template_for_message(channel=channel, template_id=use.template_id)
+        rendered = template_render(template=template, para=use.para)
+    except TemplateError as exc:
+        raise SendRefused(exc.code, exc.message, status=exc.status) from None
+    content = Content(
+        subject=rendered.subject, html=rendered.html, personalized=rendered.personalized
+    )
+    return content, template
+
+
+def _resolve(channel: Channel, content: Content, options: Options) -> _Resolved:
+    """The strategy, sender, lists and callback URL the request names, checked in this order."""
+    try:
+        rule = sending_rule_for_message(channel=channel, rule_id=options.rule_id)
+        sender = rule_senders(rule=rule)[0] if rule else channel_default_sender(channel=channel)
+        if sender is None or not sender.port_usable:
+            raise SendRefused(1015010, _("The channel has no enabled, authorized email sender."))
+        black, white = recipient_list_for_message(
+            channel=channel, black_id=options.black_id, white_id=options.white_id
+        )
+        callback = {} if options.test else _callback(channel, options.callback)
+    except ListRefused as exc:
+        raise SendRefused(exc.code, exc.message, status=exc.status) from None
+    except SendingRuleInvalid as exc:
+        raise SendRefused(exc.code, f"rule_id: {exc}") from None
+    except CallbackUrlRefused as exc:
+        raise SendRefused(4004, str(exc)) from None
+    return _Resolved(
+        content=content,
+        sender=sender,
+        rule=rule,
+        black_list=black,
+        white_list=white,
+        callback=callback,
+    )
+
+
+def _callback(channel: Channel, requested: dict[str, Any]) -> dict[str, Any]:
+    """The stored callback: the verified URL chosen (or the channel's default) and the params."""
+    chosen = callback_url_for_message(channel=channel, url=requested.get("url") or None)
+    stored: dict[str, Any] = {}
+    if chosen is not None:
+        stored["url"] = chosen.url
+    if requested.get("params") is not None:
+        stored["params"] = requested["params"]
+    return stored
+
+
 def _store(
     channel: Channel,
-    sender: Any,
+    resolved: _Resolved,
     audience: Audience,
-    content: Content,
     options: Options,
     source: str,
     created_by: Any,
 ) -> Message:
+    content = resolved.content
     scheduled = options.send_at is not None and options.send_at > timezone.now()
     message = Message.objects.create(
         channel=channel,
-        sender=sender,
+        sender=resolved.sender,
         source=source,
         owner=options.owner,
         created_by=created_by,
@@ -148,7 +256,13 @@ def _store(
         sendno=options.sendno,
         priority=options.priority,
         send_at=options.send_at,
-        callback=options.callback,
+        callback=resolved.callback,
+        template=resolved.template,
+        template_para=resolved.template_para,
+        personalized=content.personalized,
+        rule=resolved.rule,
+        black_list=resolved.black_list,
+        white_list=resolved.white_list,
         is_test=options.test,
         status=Message.Status.SCHEDULED if scheduled else Message.Status.QUEUED,
     )

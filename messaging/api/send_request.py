@@ -22,11 +22,7 @@ from django.utils.translation import gettext as _
 from channels_app.models import Channel
 from messaging.fetch import FETCH_TIMEOUT, FetchFailed, material_fetch, materials_discard
 from messaging.models import Material, Message
-from messaging.services import (
-    Audience,
-    Content,
-    Options,
-)
+from messaging.services import Audience, Content, Options, TemplateUse
 from ums.api import ApiCode, ApiError
 from users_app.validation import FieldError, clean_email, clean_tag, clean_userid
 
@@ -163,40 +159,40 @@ def _file_urls(value: object) -> list[str]:
     return [url.strip() for url in urls]
 
 
-def rule_id_check(value: object) -> None:
-    """Sending strategies do not exist yet: only the channel's default sender (0 or absent)."""
-    if value is None or (type(value) is int and value == 0):
-        return
-    raise ApiError(
-        status=400,
-        code=ApiCode.RULE_INVALID,
-        message=_("rule_id: no such sending strategy; leave it out or send 0"),
-    )
+def rule_id_parse(value: object) -> int | None:
+    """`rule_id`: a whole number; absent or 0 is the channel's default sender."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ApiError(
+            status=400,
+            code=ApiCode.RULE_INVALID,
+            message=_("rule_id: must be the whole number of a sending strategy, or 0"),
+        )
+    return value or None
 
 
 def options_parse(body: dict[str, Any]) -> Options:
     option = _object(body.get("option"), "option")
-    black, white = _present(option.get("black_id")), _present(option.get("white_id"))
-    if black and white:
-        raise ApiError(
-            status=400,
-            code=ApiCode.BLACK_AND_WHITE,
-            message=_("option: give black_id or white_id, not both"),
-        )
-    if black or white:
-        field = "black_id" if black else "white_id"
-        raise ApiError(
-            status=400,
-            code=ApiCode.LIST_UNKNOWN,
-            message=_("option.%(field)s: no such list") % {"field": field},
-        )
     return Options(
         sendno=_text(option.get("sendno"), "option.sendno", limit=SENDNO_MAX, strip=False),
         owner=_text(option.get("owner"), "option.owner", limit=OWNER_MAX),
         priority=_priority(option.get("priority")),
         send_at=_send_at(option.get("send_at")),
         callback=callback_parse(body.get("callback")),
+        rule_id=rule_id_parse(body.get("rule_id")),
+        black_id=_list_id(option.get("black_id"), "option.black_id"),
+        white_id=_list_id(option.get("white_id"), "option.white_id"),
     )
+
+
+def _list_id(value: object, field: str) -> int | None:
+    """A black or white list's number; the service checks that it exists (1015046, 1015097)."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ApiError.invalid(field, _("must be the whole number of a list"))
+    return value
 
 
 def _priority(value: object) -> int:
@@ -225,16 +221,46 @@ def _send_at(value: object) -> datetime | None:
 
 
 def callback_parse(value: object) -> dict[str, Any]:
+    """`callback` as given: the service checks that `url` is a verified URL of the channel."""
     callback = _object(value, "callback")
-    if _present(callback.get("url")):
-        # Callback URLs are registered and verified in the console: none can be verified yet.
-        raise ApiError.invalid("callback.url", _("not a verified callback URL of this channel"))
+    requested: dict[str, Any] = {}
+    url = callback.get("url")
+    if _present(url):
+        if not isinstance(url, str):
+            raise ApiError.invalid("callback.url", _("must be a string"))
+        requested["url"] = url.strip()
     params = callback.get("params")
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise ApiError.invalid("callback.params", _("must be an object"))
-    return {"params": params}
+    if params is not None:
+        if not isinstance(params, dict):
+            raise ApiError.invalid("callback.params", _("must be an object"))
+        requested["params"] = params
+    return requested
+
+
+# --- template sends ---------------------------------------------------------------------------
+
+
+def template_parse(body: dict[str, Any]) -> TemplateUse:
+    """`template_id` and `template_para` of a template send, which takes no `msg_xxx` at all."""
+    given = sorted(key for key, value in body.items() if key.startswith("msg_") and _present(value))
+    if given:
+        raise ApiError(
+            status=400,
+            code=ApiCode.MSG_IN_TEMPLATE_SEND,
+            message=_("%(field)s: a template send takes no msg_xxx; the template is the content")
+            % {"field": given[0]},
+        )
+    template_id = body.get("template_id")
+    if template_id is None:
+        raise ApiError.invalid("template_id", _("required"))
+    if type(template_id) is not int or template_id < 1:
+        raise ApiError.invalid("template_id", _("must be the whole number of a template"))
+    para = body.get("template_para")
+    if para is None:
+        para = {}
+    if not isinstance(para, dict):
+        raise ApiError.invalid("template_para", _("must be an object"))
+    return TemplateUse(template_id=template_id, para=para)
 
 
 def _present(value: object) -> bool:

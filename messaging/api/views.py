@@ -1,7 +1,9 @@
-"""REST endpoints of messages: send, retract, status, deliveries, and attachments (materials).
+"""REST endpoints of messages: send (also from a template), retract, status, deliveries, and
+attachments (materials).
 
 Each view authenticates the channel, turns the request into the services' types (see
-send_request), calls one service and answers JSON.
+send_request), calls one service and answers JSON. The send endpoints count against the
+channel's API rate limit (channels_app.ratelimit) and carry its X-Rate-Limit-* headers.
 """
 
 from dataclasses import replace
@@ -13,6 +15,7 @@ from django.utils.translation import gettext as _
 
 from channels_app.api_auth import request_authenticate
 from channels_app.models import Channel
+from channels_app.ratelimit import api_rate_check
 from messaging.api.send_request import (
     PAGE_MAX,
     PAGE_SIZE_DEFAULT,
@@ -22,8 +25,8 @@ from messaging.api.send_request import (
     files_resolve,
     material_form_parse,
     options_parse,
-    rule_id_check,
     small_number,
+    template_parse,
 )
 from messaging.fetch import materials_discard
 from messaging.models import Delivery, Message
@@ -39,22 +42,59 @@ from ums.api import ApiCode, ApiError, api_response, api_view, json_body
 
 @api_view(methods=("POST",))
 def sent(request: HttpRequest) -> JsonResponse:
-    return _send(request, broadcast=False)
+    return _send(request, broadcast=False, template=False)
 
 
 @api_view(methods=("POST",))
 def broadcast(request: HttpRequest) -> JsonResponse:
-    return _send(request, broadcast=True)
+    return _send(request, broadcast=True, template=False)
 
 
-def _send(request: HttpRequest, *, broadcast: bool) -> JsonResponse:
+@api_view(methods=("POST",))
+def template_sent(request: HttpRequest) -> JsonResponse:
+    return _send(request, broadcast=False, template=True)
+
+
+@api_view(methods=("POST",))
+def template_broadcast(request: HttpRequest) -> JsonResponse:
+    return _send(request, broadcast=True, template=True)
+
+
+def _send(request: HttpRequest, *, broadcast: bool, template: bool) -> JsonResponse:
+    """Every send endpoint: the channel's API rate limit first, its headers on every answer."""
     channel = request_authenticate(request).require_channel()
+    decision = api_rate_check(channel=channel)
+    headers = decision.headers()
+    if not decision.allowed:
+        raise ApiError(
+            status=429,
+            code=ApiCode.RATE_LIMITED,
+            message=_(
+                "Too many requests: this channel may send %(limit)d a minute; "
+                "try again in %(seconds)d seconds."
+            )
+            % {"limit": decision.limit, "seconds": decision.reset_seconds},
+            headers=headers,
+        )
+    try:
+        response = _accept(request, channel, broadcast=broadcast, template=template)
+    except ApiError as exc:
+        exc.headers = {**headers, **exc.headers}
+        raise
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _accept(
+    request: HttpRequest, channel: Channel, *, broadcast: bool, template: bool
+) -> JsonResponse:
     body = json_body(request)
     if not isinstance(body, dict):
         raise ApiError.invalid("body", _("must be a JSON object"))
+    use = template_parse(body) if template else None
     audience = audience_parse(body, broadcast=broadcast)
-    content, files = content_parse(body)
-    rule_id_check(body.get("rule_id"))
+    content, files = (None, []) if template else content_parse(body)
     options = options_parse(body)
     repeated = sendno_message(channel=channel, sendno=options.sendno)
     if repeated is not None:  # the first message stands: nothing is fetched or sent again
@@ -64,7 +104,8 @@ def _send(request: HttpRequest, *, broadcast: bool) -> JsonResponse:
         message, created = message_create(
             channel=channel,
             audience=audience,
-            content=replace(content, materials=materials),
+            content=replace(content, materials=materials) if content else None,
+            template=use,
             options=options,
             source=Message.Source.API,
         )

@@ -456,9 +456,11 @@ def test_rule_id_absent_or_zero_is_the_default_sender(post, shop):
     assert message.sender == shop.authorizations.get().sender
 
 
-def test_any_other_rule_id_is_1015026(post, shop):
+def test_an_unknown_or_malformed_rule_id_is_1015026(post, shop):
+    # Strategies themselves: tests/messaging/test_api_six.py.
     refused_with(post(SENT, shop, body(rule_id=7)), 400, 1015026, "rule_id:")
     refused_with(post(SENT, shop, body(rule_id="0")), 400, 1015026)
+    refused_with(post(SENT, shop, body(rule_id=-1)), 400, 1015026)
 
 
 def test_priority_defaults_to_medium(post, shop):
@@ -502,9 +504,18 @@ def test_black_id_and_white_id_together_are_1015097(post, shop):
     refused_with(response, 400, 1015097)
 
 
+def test_an_unknown_blacklist_is_1015046(post, shop):
+    refused_with(post(SENT, shop, body(option={"black_id": 1})), 400, 1015046, "option.black_id:")
+
+
+def test_an_unknown_whitelist_is_4004_naming_it(post, shop):
+    refused_with(post(SENT, shop, body(option={"white_id": 1})), 400, 4004, "option.white_id:")
+
+
 @pytest.mark.parametrize("key", ["black_id", "white_id"])
-def test_a_black_or_white_list_is_1015046_as_none_exist(post, shop, key):
-    refused_with(post(SENT, shop, body(option={key: 1})), 400, 1015046, f"option.{key}:")
+@pytest.mark.parametrize("value", ["1", 1.5, True, -1])
+def test_a_list_id_that_is_not_a_whole_number_is_4004(post, shop, key, value):
+    refused_with(post(SENT, shop, body(option={key: value})), 400, 4004, f"option.{key}:")
 
 
 def test_send_at_in_the_future_schedules_the_message(post, shop):
@@ -544,10 +555,17 @@ def test_callback_params_are_stored(post, shop):
     assert message.callback == {"params": params}
 
 
-def test_callback_url_is_refused_until_callbacks_exist(post, shop):
+def test_a_callback_url_the_channel_has_not_verified_is_4004(post, shop):
+    # Verified URLs: tests/messaging/test_api_six.py.
     response = post(SENT, shop, body(callback={"url": "https://shop.example/cb"}))
 
     refused_with(response, 400, 4004, "callback.url: not a verified callback URL")
+
+
+def test_a_callback_url_must_be_a_string(post, shop):
+    response = post(SENT, shop, body(callback={"url": 42}))
+
+    refused_with(response, 400, 4004, "callback.url: must be a string")
 
 
 def test_callback_params_must_be_an_object(post, shop):
