@@ -1,5 +1,9 @@
 """Writes for console drafts: a message being composed, saved to be reopened, tested and sent.
 
+A draft can start from a template: the template's variables are filled with the values the
+author types, once, into the draft's subject and HTML, which stay editable. `{{userid}}` and
+`{{email}}` stay in place and are filled for each recipient when the message is sent.
+
 A draft's attachments are materials of its channel. While a draft holds them their expiry is
 pushed far out, so the purge of expired materials leaves them alone; when the draft goes (sent
 or deleted) they get an ordinary expiry back, and a message still sending keeps them as usual.
@@ -18,8 +22,17 @@ from django.utils.translation import gettext_lazy
 
 from channels_app.models import Channel
 from channels_app.selectors import channels_for_console_sender
-from messaging.models import Draft, Material, Message
+from messaging.models import Draft, Material, Message, MessageTemplate
 from messaging.services import Audience, Content, Options, material_create, message_create
+from messaging.templating import (
+    RenderedTemplate,
+    TemplateError,
+    has_recipient_variables,
+    required_variables,
+    template_all_variables,
+    template_render,
+    template_variables,
+)
 from users_app.validation import FieldError, clean_email
 
 DRAFT_MATERIAL_HOLD = timedelta(days=3650)  # "while the draft exists": drafts have no expiry
@@ -121,6 +134,13 @@ def compose_problems(
         return problems
     if fields.audience_kind != AudienceKind.ALL and not fields.audience_values:
         problems["audience"] = _("Give at least one recipient.")
+    for field, text in (("subject", fields.subject), ("html", fields.html)):
+        unfilled = required_variables(template_variables(text))
+        if unfilled and field not in problems:
+            problems[field] = _(
+                "%(placeholders)s would reach the recipients as written: replace it with its "
+                "value. Only {{userid}} and {{email}} are filled for each recipient."
+            ) % {"placeholders": ", ".join("{{" + name + "}}" for name in unfilled)}
     if fields.send_at is not None and fields.send_at <= timezone.now():
         problems["send_at"] = _("The scheduled time has passed: choose a later one, or clear it.")
     return problems
@@ -213,7 +233,33 @@ def _content(draft: Draft) -> Content:
         from_name=draft.from_name,
         reply_to=draft.reply_to,
         materials=list(draft.materials.all()),
+        personalized=has_recipient_variables(draft.subject, draft.html),
     )
+
+
+def draft_content_from_template(
+    *, template: MessageTemplate, channel: Channel | None, values: dict[str, str]
+) -> RenderedTemplate:
+    """A template's subject and HTML with the author's values filled in, for the compose page.
+
+    The same renderer as a template send: values are escaped in the HTML, `{{userid}}` and
+    `{{email}}` stay for each recipient. An empty value counts as missing. Raises DraftRefused
+    for a disabled template, another channel's, or missing values.
+    """
+    if not template.is_enabled:
+        raise DraftRefused(_("The template %(name)s is disabled.") % {"name": template.name})
+    if channel is not None and template.channel_id not in (None, channel.pk):
+        raise DraftRefused(
+            _("The template %(name)s belongs to another channel.") % {"name": template.name}
+        )
+    variables = template_all_variables(subject=template.subject, html=template.html)
+    missing = [name for name in required_variables(variables) if not values.get(name, "").strip()]
+    if missing:
+        raise DraftRefused(_("Give a value for %(names)s.") % {"names": ", ".join(missing)})
+    try:
+        return template_render(template=template, para=values)
+    except TemplateError as exc:
+        raise DraftRefused(exc.message) from None
 
 
 def draft_send_test(*, draft: Draft, user: Any) -> Message:

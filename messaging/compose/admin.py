@@ -82,6 +82,11 @@ class DraftAdmin(admin.ModelAdmin):
             path("<int:pk>/review/", wrap(self.review_view), name="messaging_draft_review"),
             path("<int:pk>/send/", wrap(self.send_view), name="messaging_draft_send"),
             path("plain-text/", wrap(self.plain_text_view), name="messaging_draft_plain_text"),
+            path(
+                "template-fill/",
+                wrap(self.template_fill_view),
+                name="messaging_draft_template_fill",
+            ),
             *super().get_urls(),
         ]
 
@@ -122,6 +127,11 @@ class DraftAdmin(admin.ModelAdmin):
         if not can_compose(request.user):
             raise PermissionDenied
         return require_POST(views.plain_text)(request)
+
+    def template_fill_view(self, request: HttpRequest) -> HttpResponse:
+        if not can_compose(request.user):
+            raise PermissionDenied
+        return require_POST(views.template_fill)(request)
 
     def _draft(self, request: HttpRequest, object_id: Any) -> Draft:
         """The user's own draft (a superuser's: any), or 404; 403 for who may not compose."""

@@ -1,4 +1,5 @@
-"""Reads for the compose page: whose drafts, who may compose, how many a draft would reach."""
+"""Reads for the compose page: whose drafts, who may compose, how many a draft would reach,
+which templates it can start from."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,8 @@ from django.db.models import QuerySet
 from channels_app.models import Channel
 from messaging import audience as audiences
 from messaging.drafts import AudienceKind
-from messaging.models import Draft
+from messaging.models import Draft, MessageTemplate
+from messaging.templating import RECIPIENT_VARIABLES, required_variables
 from users_app.models import ALL_SCOPE
 
 
@@ -93,3 +95,31 @@ def _count(where: str, params: list[str], channel_key: str) -> AudienceCount:
         cursor.execute(_COUNT_SQL.format(where=where), [channel_key, ALL_SCOPE, *params])
         total, missing = cursor.fetchone()
     return AudienceCount(int(total), int(missing))
+
+
+@dataclass(frozen=True)
+class TemplateChoice:
+    """A template offered by "Start from a template", with the values it asks for."""
+
+    pk: int
+    name: str
+    channel_id: int | None
+    channel_name: str
+    variables: list[str]  # the values the author types
+    per_recipient: list[str]  # {{userid}} / {{email}}: filled for each recipient
+
+
+def templates_for_compose() -> list[TemplateChoice]:
+    """The enabled templates, by name; each usable on its channel, or on all without one."""
+    rows = MessageTemplate.objects.filter(is_enabled=True).select_related("channel")
+    return [
+        TemplateChoice(
+            pk=row.pk,
+            name=row.name,
+            channel_id=row.channel_id,
+            channel_name=row.channel.name if row.channel else "",
+            variables=required_variables(row.variables),
+            per_recipient=[name for name in row.variables if name in RECIPIENT_VARIABLES],
+        )
+        for row in rows.order_by("name", "pk")
+    ]

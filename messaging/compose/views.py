@@ -19,12 +19,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from channels_app.models import EmailSender
-from channels_app.selectors import channel_default_sender
+from channels_app.selectors import channel_default_sender, channels_for_console_sender
 from messaging import drafts
 from messaging.compose.forms import ComposeForm
-from messaging.compose.selectors import audience_count
+from messaging.compose.selectors import audience_count, templates_for_compose
 from messaging.drafts import DraftGone, DraftRefused, Mode
-from messaging.models import Draft, Message
+from messaging.models import Draft, Message, MessageTemplate
 from messaging.services import SendRefused, html_to_text
 
 ACTIONS = {"_test": Mode.TEST, "_review": Mode.SEND}
@@ -96,6 +96,7 @@ def _compose_page(
         "original": draft,
         "materials": form.materials,
         "plain_text": html_to_text(html),
+        "templates": templates_for_compose(),
         "has_delete_permission": draft is not None
         and model_admin.has_delete_permission(request, draft),
     }
@@ -188,6 +189,48 @@ def _sent_notice(message: Message) -> str:
 def plain_text(request: HttpRequest) -> JsonResponse:
     """The plain-text part derived from an HTML body, for the live preview."""
     return JsonResponse({"text": html_to_text(request.POST.get("html", ""))})
+
+
+def template_fill(request: HttpRequest) -> JsonResponse:
+    """ "Start from a template": the template's subject and HTML with the typed values.
+
+    POST `template` (its id), `channel` (optional: the channel chosen so far) and
+    `para.<name>` for each variable. Answers the filled subject, HTML and plain text, or 400
+    with `error`.
+    """
+    template_id, channel_id = _number(request, "template"), _number(request, "channel")
+    template = MessageTemplate.objects.filter(pk=template_id).first() if template_id else None
+    if template is None:
+        return JsonResponse({"error": _("Choose a template.")}, status=400)
+    channel = None
+    if channel_id:
+        channel = channels_for_console_sender(user=request.user).filter(pk=channel_id).first()
+        if channel is None:
+            return JsonResponse({"error": _("You may not send on this channel.")}, status=400)
+    values = {
+        key.removeprefix("para."): value
+        for key, value in request.POST.items()
+        if key.startswith("para.")
+    }
+    try:
+        rendered = drafts.draft_content_from_template(
+            template=template, channel=channel, values=values
+        )
+    except DraftRefused as exc:
+        return JsonResponse({"error": exc.message}, status=400)
+    return JsonResponse(
+        {
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": html_to_text(rendered.html),
+            "personalized": rendered.personalized,
+        }
+    )
+
+
+def _number(request: HttpRequest, name: str) -> int | None:
+    raw = request.POST.get(name, "").strip()
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
 
 
 def audience_summary(draft: Draft) -> str:
