@@ -43,12 +43,21 @@ def compose(page: Page) -> None:
     page.get_by_label("Body (HTML):", exact=True).fill(BODY)
 
 
+@pytest.fixture
+def worker_log(tmp_path):
+    """The worker's log file; its end is printed, and so shown when the test fails."""
+    log = tmp_path / "worker.log"
+    yield log
+    if log.exists():
+        print(log.read_text(errors="replace")[-3000:])
+
+
 @pytest.mark.timeout(300)
 def test_marketing_composes_sends_and_sees_each_recipients_result(
-    page, role_user, shop, plain_server, tmp_path, screenshot
+    page, role_user, shop, plain_server, worker_log, screenshot
 ):
     role_user("Marketing", username="marketing")
-    log = tmp_path / "worker.log"
+    log = worker_log
 
     # The live server queues on the test settings' file-system broker, which the worker reads.
     with celery_worker(child_env(), log):
