@@ -377,17 +377,18 @@ class RedisLimiter(Limiter):
 class LocalLimiter(Limiter):
     """The same decisions in a SQLite file, for the processes of one machine without Redis."""
 
-    _SCHEMA = """
-        CREATE TABLE IF NOT EXISTS grant_log (
+    _SCHEMA = (
+        """CREATE TABLE IF NOT EXISTS grant_log (
             key TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, n INTEGER NOT NULL,
             PRIMARY KEY (key, seq)
-        );
-        CREATE INDEX IF NOT EXISTS grant_log_at ON grant_log (key, at);
-        CREATE TABLE IF NOT EXISTS counter (
+        )""",
+        "CREATE INDEX IF NOT EXISTS grant_log_at ON grant_log (key, at)",
+        """CREATE TABLE IF NOT EXISTS counter (
             key TEXT PRIMARY KEY, n INTEGER NOT NULL, expires REAL NOT NULL
-        );
-        CREATE INDEX IF NOT EXISTS counter_expires ON counter (expires);
-    """
+        )""",
+        "CREATE INDEX IF NOT EXISTS counter_expires ON counter (expires)",
+    )
+    TIMEOUT = 30.0
 
     def __init__(self, *, path: Path | str, prefix: str = DEFAULT_PREFIX) -> None:
         self.path = str(path)
@@ -400,12 +401,29 @@ class LocalLimiter(Limiter):
         owner = (threading.get_ident(), os.getpid())
         if getattr(self._local, "owner", None) != owner:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(self._SCHEMA)
+            db = sqlite3.connect(self.path, timeout=self.TIMEOUT, isolation_level=None)
+            self._set_up(db)
             self._local.db, self._local.owner = db, owner
         return self._local.db
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """WAL and the tables, safely when several workers start on a new file at once."""
+        deadline = time.monotonic() + self.TIMEOUT
+        while True:
+            try:
+                # Switching a new file to WAL needs it to itself: SQLite answers "locked" at
+                # once, without waiting, while another process is doing the same.
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("BEGIN IMMEDIATE")  # the write lock first, so creating never has to upgrade
+        for statement in self._SCHEMA:
+            db.execute(statement)
+        db.execute("COMMIT")
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[sqlite3.Connection, float]]:
