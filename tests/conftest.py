@@ -1,6 +1,7 @@
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,6 +13,17 @@ from channels_app.models import EmailSender
 from tests.smtp_server import PASSWORD, USERNAME, SilentServer, SmtpTestServer
 
 REQUIRE_SERVICES = os.environ.get("UMS_REQUIRE_SERVICES") == "1"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove this run's queue folder and limits file (named after the run's process)."""
+    import shutil
+
+    from django.conf import settings
+
+    shutil.rmtree(settings.CELERY_BROKER_FOLDER, ignore_errors=True)
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{settings.UMS_RATE_LIMIT_FILE}{suffix}").unlink(missing_ok=True)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -124,6 +136,20 @@ def make_sender(db):
     return make
 
 
+def role_group(role: str) -> Group:
+    """The role's group, as the data migrations made it; a transactional test's flush empties
+    the tables, so it is made again then."""
+    group = Group.objects.filter(name=role).first()
+    if group is None:
+        from django.apps import apps as global_apps
+
+        from ums.roles import sync_roles
+
+        sync_roles(global_apps, None)
+        group = Group.objects.get(name=role)
+    return group
+
+
 @pytest.fixture
 def role_user(db, django_user_model):
     def make(role: str | None, username: str | None = None):
@@ -135,7 +161,7 @@ def role_user(db, django_user_model):
             is_superuser=role is None,
         )
         if role:
-            user.groups.add(Group.objects.get(name=role))
+            user.groups.add(role_group(role))
         return user
 
     return make

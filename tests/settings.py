@@ -10,8 +10,15 @@ os.environ.setdefault("UMS_FIELD_KEYS", "pVqH0y0fM0a9cfXwpZ2mD8kq0dN1tEgwoyG7c3O
 os.environ.setdefault("UMS_SMTP_ALLOW_PRIVATE_NETWORKS", "true")
 os.environ.setdefault("UMS_SMTP_TIMEOUT", "3")
 os.environ.setdefault("UMS_MAILCATCHER", "true")
+# One queue folder and one limits file per test run (the worker processes it starts inherit
+# them), so that two runs on one machine never take each other's tasks or share counts.
 os.environ.setdefault(
-    "CELERY_BROKER_FOLDER", os.path.join(os.path.dirname(__file__), "..", "var", "test-broker")
+    "CELERY_BROKER_FOLDER",
+    os.path.join(os.path.dirname(__file__), "..", "var", f"test-broker-{os.getpid()}"),
+)
+os.environ.setdefault(
+    "UMS_RATE_LIMIT_FILE",
+    os.path.join(os.path.dirname(__file__), "..", "var", f"test-ratelimit-{os.getpid()}.sqlite3"),
 )
 
 from ums.settings import *  # noqa: F403

@@ -178,6 +178,11 @@ UMS_CALLBACK_RETRIES = env_int(env, "UMS_CALLBACK_RETRIES", default=3)
 UMS_CALLBACK_RETRY_SECONDS = env_int(env, "UMS_CALLBACK_RETRY_SECONDS", default=50, minimum=1)
 # Redis for the sending and API limits shared by all workers; empty: the broker's Redis, if any.
 UMS_RATE_LIMIT_REDIS_URL = env.str("UMS_RATE_LIMIT_REDIS_URL", default="")
+# Without Redis: the limits' file, shared by the worker processes of one machine.
+UMS_RATE_LIMIT_FILE = env.path("UMS_RATE_LIMIT_FILE", default=VAR_DIR / "ratelimit.sqlite3")
+# Seconds of sending one grant of a limited sender covers (smaller: finer, more round trips).
+UMS_RATE_LIMIT_MARGIN = env_positive(env, "UMS_RATE_LIMIT_MARGIN", default=0.1)
+UMS_RATE_LIMIT_PREFIX = env.str("UMS_RATE_LIMIT_PREFIX", default="ums:rl:")
 
 # --- Celery ------------------------------------------------------------------------------
 
