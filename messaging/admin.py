@@ -212,10 +212,8 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "subject_column",
         "status_column",
         "progress",
-        "source",
-        "owner_column",
+        "origin_column",
         "created_column",
-        "scheduled_column",
     ]
     list_display_links = ["msgid"]
     list_filter = ["channel", "status", "source", "is_test", "priority", CreatedRangeFilter]
@@ -256,19 +254,29 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             )
         return message.subject
 
-    @admin.display(description=_("owner"), ordering="owner")
-    def owner_column(self, message: Message) -> str:
-        if message.owner:
-            return message.owner
-        return message.created_by.get_username() if message.created_by else "—"
+    # Source and owner, creation and schedule share a column each: the list must fit beside the
+    # menu and the filters on a laptop's screen.
+    @admin.display(description=_("source / owner"), ordering="source")
+    def origin_column(self, message: Message) -> str:
+        owner = message.owner or (message.created_by.get_username() if message.created_by else "")
+        return format_html(
+            '{}<br><span class="ums-quiet">{}</span>',
+            message.get_source_display(),
+            owner or "—",
+        )
 
-    @admin.display(description=_("created"), ordering="created_at")
+    @admin.display(description=_("created / scheduled"), ordering="created_at")
     def created_column(self, message: Message) -> str:
-        return when(message.created_at, short=True)
-
-    @admin.display(description=_("scheduled for"), ordering="send_at")
-    def scheduled_column(self, message: Message) -> str:
-        return when(message.send_at, short=True)
+        created = when(message.created_at, short=True)
+        if message.send_at is None:
+            return created
+        return format_html(
+            '{}<br><span class="ums-quiet" title="{}">{} {}</span>',
+            created,
+            gettext("scheduled for"),
+            "⏱",
+            when(message.send_at, short=True),
+        )
 
     @admin.display(description=_("progress"))
     def progress(self, message: Message) -> str:

@@ -133,7 +133,7 @@ def test_history_lists_msgid_channel_subject_source_owner_and_a_progress_bar(
     assert response.status_code == 200
     assert listed(response) == [console.msgid, api.msgid]
     assert "Spring sale" in html and "Welcome" in html
-    assert "crm-system" in html and ">marketing<" in html
+    assert ">crm-system<" in html and ">marketing<" in html
     assert "API" in html and "Console" in html
     assert 'title="3 sent, 1 failed, 0 invalid, 0 cancelled, 1 pending of 5"' in html
     assert 'data-segment="sent" style="width: 60.0%"' in html
