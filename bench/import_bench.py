@@ -71,7 +71,6 @@ METHODS = (
 )
 APP_TABLES = (
     "users_app_importrowerror",
-    "users_app_importtag",
     "users_app_importrow",
     "users_app_importjob",
     "users_app_usertag",
@@ -590,14 +589,13 @@ def _sql_label(sql: str) -> str:
         ("INSERT INTO users_app_umsuser", "insert users"),
         ("JOIN import_new_user n ON n.userid = s.userid", "insert bindings of new users"),
         ("INSERT INTO users_app_useremailbinding", "upsert bindings of known users"),
-        ("JOIN import_new_user n ON n.userid = t.userid", "insert tags of new users"),
+        ("JOIN import_new_user n ON n.userid = r.userid", "insert tags of new users"),
         ("INSERT INTO users_app_usertag", "upsert tags of known users"),
         ("ANALYZE import_new_user", "analyze the new users"),
         ("ANALYZE", "analyze staging"),
         ("ROW_NUMBER() OVER key_rows", "check staged rows (conflicts, preview counts)"),
         ("first_email", "list conflicts"),
         ('DELETE FROM "users_app_importrow"', "discard staging rows"),
-        ('DELETE FROM "users_app_importtag"', "discard staging tags"),
         ('UPDATE "users_app_importjob"', "job status/progress updates"),
         ("SELECT COUNT(*) FROM users_app_importrow", "count applied"),
         ('SELECT DISTINCT "users_app_importrow"."bind_id"', "check scopes"),
@@ -617,7 +615,8 @@ def child_phases(path: Path, *, profile: Path | None = None) -> dict[str, Any]:
     clock = PhaseClock()
     clock.wrap_reader(importer, "read_rows", "read the file in this process (read_rows)")
     clock.wrap_reader(importer, "read_rows_ahead", "wait for rows from the reader process")
-    clock.wrap(importer, "_copy_rows", "COPY into staging")
+    clock.wrap(importer.Staging, "flush", "end of staging batches (COPY end, commit)")
+    clock.wrap(importer.Staging, "_begin", "start of staging batches (COPY start)")
     clock.wrap(importer, "estimate_rows", "estimate rows (the sheet's dimension)")
     clock.wrap(connections[DEFAULT_DB_ALIAS], "_commit", "sql: commit")
     totals: dict[str, float] = {}
@@ -944,7 +943,9 @@ def print_phases(rows: int, run: Run) -> None:
         for name, seconds in sorted(parts.items(), key=lambda item: -item[1]):
             if seconds >= 0.005:
                 line(f"- {name}", seconds)
-        line("- the rest (Python: cleaning rows, batching, file copy)", total - sum(parts.values()))
+        line(
+            "- the rest (Python: cleaning rows, sending them to COPY)", total - sum(parts.values())
+        )
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from django.utils.translation import gettext as _
 
 from channels_app.models import Channel
 from ums.formats import size_label
-from users_app.models import ALL_SCOPE, ImportJob, ImportRow, ImportRowError, ImportTag
+from users_app.models import ALL_SCOPE, ImportJob, ImportRow, ImportRowError
 from users_app.validation import FieldError, clean_bind_id, clean_email, clean_tags, clean_userid
 
 COLUMNS = ("userid", "email", "bind_id", "tag")
@@ -561,16 +561,46 @@ def map_header(cells: list[Any]) -> dict[str, int]:
 # --- phase 1: validate into staging ----------------------------------------------------------
 
 
+STAGED_COLUMNS = ("job_id", "row", "userid", "bind_id", "email", "tags")
+
+
 @dataclass
 class Staging:
-    """Rows waiting to be written to the staging tables, and the counts so far."""
+    """The good rows of a file on their way to the staging table, its errors, and the counts.
+
+    On PostgreSQL each batch of rows is one COPY, open while its rows are cleaned: the server
+    inserts them as they come in, while this process cleans the next ones, instead of after the
+    batch while this one waits. Elsewhere a batch is inserted at its end. A batch ends with its
+    errors and one commit. Used as a context manager, it rolls back a batch left open by an error.
+    """
 
     job: ImportJob
     rows: list[tuple] = field(default_factory=list)
-    tags: list[tuple] = field(default_factory=list)
     errors: list[ImportRowError] = field(default_factory=list)
     read: int = 0
     error_count: int = 0
+    _batch: contextlib.ExitStack | None = None
+    _stream: contextlib.ExitStack | None = None
+    _copy: Any = None
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._stream is not None:
+            self._stream.__exit__(*exc_info)
+        if self._batch is not None:
+            self._batch.__exit__(*exc_info)
+        self._batch = self._stream = self._copy = None
+
+    def add(self, row: tuple) -> None:
+        """A cleaned row: (job_id, row, userid, bind_id, email, tags joined by commas)."""
+        if self._batch is None:
+            self._begin()
+        if self._copy is not None:
+            self._copy.write_row(row)
+        else:
+            self.rows.append(row)
 
     def add_error(self, row: int, column: str, value: Any, reason: str) -> None:
         self.error_count += 1
@@ -582,29 +612,35 @@ class Staging:
                 )
             )
 
-    @transaction.atomic  # one commit per batch, not per row (SQLite syncs on each commit)
+    def _begin(self) -> None:
+        self._batch = contextlib.ExitStack()
+        self._batch.enter_context(transaction.atomic())  # one commit per batch, not per row
+        if connection.vendor == "postgresql":
+            self._stream = contextlib.ExitStack()
+            cursor = self._stream.enter_context(connection.cursor())
+            table = ImportRow._meta.db_table
+            sql = f"COPY {table} ({', '.join(STAGED_COLUMNS)}) FROM STDIN"
+            self._copy = self._stream.enter_context(cursor.cursor.copy(sql))
+
     def flush(self) -> None:
-        _copy_rows(ImportRow, ("job_id", "row", "userid", "bind_id", "email"), self.rows)
-        _copy_rows(ImportTag, ("job_id", "userid", "bind_id", "tag"), self.tags)
+        """End the batch: the rest of its rows, its errors, its commit."""
+        if self._batch is None:
+            if not self.errors:
+                return
+            self._batch = contextlib.ExitStack()
+            self._batch.enter_context(transaction.atomic())
+        if self._stream is not None:
+            self._stream.close()  # the end of the COPY: waits for the server's last inserts
+        if self.rows:
+            table = ImportRow._meta.db_table
+            placeholders = ", ".join(["%s"] * len(STAGED_COLUMNS))
+            sql = f"INSERT INTO {table} ({', '.join(STAGED_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
+            with connection.cursor() as cursor:
+                cursor.executemany(sql, self.rows)
         ImportRowError.objects.bulk_create(self.errors, batch_size=BATCH_ROWS)
-        self.rows, self.tags, self.errors = [], [], []
-
-
-def _copy_rows(model: Any, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    if not rows:
-        return
-    table = model._meta.db_table
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            raw = cursor.cursor
-            with raw.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        return
-    placeholders = ", ".join(["%s"] * len(columns))
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+        self._batch.close()  # the commit
+        self.rows, self.errors = [], []
+        self._batch = self._stream = self._copy = None
 
 
 def job_validate(job: ImportJob, *, progress: Progress | None = None) -> ImportJob:
@@ -655,12 +691,12 @@ def job_validate(job: ImportJob, *, progress: Progress | None = None) -> ImportJ
 def _stage_file(job: ImportJob, progress: Progress | None) -> Staging:
     path = Path(job.file.path)
     reader = read_rows_ahead(path) if reads_ahead(job) else read_rows(path)
-    with contextlib.closing(reader) as rows:  # closing stops a reading child at once
+    staging = Staging(job=job)
+    with contextlib.closing(reader) as rows, staging:  # closing stops a reading child at once
         header = next(rows, None)
         if header is None:
             raise FileRefused(_("The file is empty."))
         positions = map_header(header)
-        staging = Staging(job=job)
         channel_keys = set(Channel.objects.values_list("channel_key", flat=True))
         stage_row = RowCleaner(staging, positions, channel_keys)
         for number, cells in enumerate(rows, start=2):
@@ -672,7 +708,7 @@ def _stage_file(job: ImportJob, progress: Progress | None) -> Staging:
                 _set(job, processed_rows=staging.read, error_count=staging.error_count)
                 if progress:
                     progress(staging.read)
-    staging.flush()
+        staging.flush()
     if progress:
         progress(staging.read)
     if staging.read == 0:
@@ -706,6 +742,7 @@ class RowCleaner:
         self.tag_at = positions.get("tag", -1)
         self.channel_keys = channel_keys
         self.default_bind_id = staging.job.default_bind_id
+        self.job_id = staging.job.pk
         self.scopes: dict[str, str | FieldError] = {}
         self.tags: dict[str, tuple[str, ...] | FieldError] = {}
 
@@ -727,10 +764,7 @@ class RowCleaner:
             value = _unquoted(cells[at]) if 0 <= at < width else None
             staging.add_error(number, exc.field, value, exc.message)
             return True
-        job_id = staging.job.pk
-        staging.rows.append((job_id, number, userid, bind_id, email))
-        if tags:
-            staging.tags.extend([(job_id, userid, bind_id, tag) for tag in tags])
+        staging.add((self.job_id, number, userid, bind_id, email, ",".join(tags)))
         return True
 
     def _scope(self, value: Any) -> str:
@@ -766,7 +800,7 @@ def _analyze_staging() -> None:
     few hundred and joins them to the users one index lookup at a time."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE users_app_importrow, users_app_importtag")
+            cursor.execute("ANALYZE users_app_importrow")
 
 
 def _check_staged(job: ImportJob) -> tuple[int, dict[str, int]]:
@@ -957,19 +991,21 @@ def _apply_postgresql(cursor: Any, job_id: int, now: Any) -> None:
         ),
         (
             """INSERT INTO users_app_usertag (user_id, bind_id, tag)
-               SELECT DISTINCT n.id, t.bind_id, t.tag FROM users_app_importtag t
-               JOIN import_new_user n ON n.userid = t.userid
-               WHERE t.job_id = %s
-               ORDER BY n.id, t.bind_id, t.tag""",
+               SELECT DISTINCT n.id, r.bind_id, t.tag FROM users_app_importrow r
+               JOIN import_new_user n ON n.userid = r.userid
+               CROSS JOIN LATERAL unnest(string_to_array(r.tags, ',')) AS t (tag)
+               WHERE r.job_id = %s AND r.tags <> ''
+               ORDER BY n.id, r.bind_id, t.tag""",
             [job_id],
         ),
         (
             """INSERT INTO users_app_usertag (user_id, bind_id, tag)
-               SELECT DISTINCT u.id, t.bind_id, t.tag FROM users_app_importtag t
-               JOIN users_app_umsuser u ON u.userid = t.userid
-               WHERE t.job_id = %s
-               AND NOT EXISTS (SELECT FROM import_new_user n WHERE n.userid = t.userid)
-               ORDER BY u.id, t.bind_id, t.tag
+               SELECT DISTINCT u.id, r.bind_id, t.tag FROM users_app_importrow r
+               JOIN users_app_umsuser u ON u.userid = r.userid
+               CROSS JOIN LATERAL unnest(string_to_array(r.tags, ',')) AS t (tag)
+               WHERE r.job_id = %s AND r.tags <> ''
+               AND NOT EXISTS (SELECT FROM import_new_user n WHERE n.userid = r.userid)
+               ORDER BY u.id, r.bind_id, t.tag
                ON CONFLICT (user_id, bind_id, tag) DO NOTHING""",
             [job_id],
         ),
@@ -1001,10 +1037,19 @@ def _apply_portable(cursor: Any, job_id: int, now: Any) -> None:
             [now, job_id],
         ),
         (
-            """INSERT INTO users_app_usertag (user_id, bind_id, tag)
-               SELECT DISTINCT u.id, t.bind_id, t.tag FROM users_app_importtag t
+            # The tags column split with a recursive query: SQLite has no unnest().
+            """WITH RECURSIVE split (userid, bind_id, tag, rest) AS (
+                   SELECT userid, bind_id, '', tags || ',' FROM users_app_importrow
+                   WHERE job_id = %s AND tags <> ''
+                   UNION ALL
+                   SELECT userid, bind_id, substr(rest, 1, instr(rest, ',') - 1),
+                       substr(rest, instr(rest, ',') + 1)
+                   FROM split WHERE rest <> ''
+               )
+               INSERT INTO users_app_usertag (user_id, bind_id, tag)
+               SELECT DISTINCT u.id, t.bind_id, t.tag FROM split t
                JOIN users_app_umsuser u ON u.userid = t.userid
-               WHERE t.job_id = %s
+               WHERE t.tag <> ''
                ORDER BY u.id, t.bind_id, t.tag
                ON CONFLICT (user_id, bind_id, tag) DO NOTHING""",
             [job_id],
@@ -1016,7 +1061,6 @@ def _apply_portable(cursor: Any, job_id: int, now: Any) -> None:
 
 def job_discard_staging(job: ImportJob, *, errors: bool = False) -> None:
     ImportRow.objects.filter(job=job).delete()
-    ImportTag.objects.filter(job=job).delete()
     if errors:
         ImportRowError.objects.filter(job=job).delete()
 

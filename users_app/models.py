@@ -131,7 +131,7 @@ class ImportJob(models.Model):
 
 
 class ImportRow(models.Model):
-    """A validated row of an upload, waiting for the upload to be confirmed."""
+    """A validated row of an upload, with its tags, waiting for the upload to be confirmed."""
 
     # No database constraint: checking a million rows' job at each commit costs seconds, and the
     # rows are only ever found, and deleted, by their job.
@@ -142,26 +142,15 @@ class ImportRow(models.Model):
     userid = models.CharField(max_length=64)
     bind_id = models.CharField(max_length=24)
     email = models.CharField(max_length=254)
+    # The row's cleaned tags joined by commas, which a cleaned tag never contains: one staging
+    # table, so that the rows go to the database as one COPY stream.
+    tags = models.TextField(blank=True, default="")
 
     # No index but the job's: staging is written once in bulk and read in whole sorts, where
     # indexes would only slow the writing down. On PostgreSQL the table is UNLOGGED (0005).
 
     def __str__(self) -> str:
         return f"{self.job_id}:{self.row}"
-
-
-class ImportTag(models.Model):
-    """A tag of a validated row, waiting like its row."""
-
-    job = models.ForeignKey(
-        ImportJob, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
-    )
-    userid = models.CharField(max_length=64)
-    bind_id = models.CharField(max_length=24)
-    tag = models.CharField(max_length=40)
-
-    def __str__(self) -> str:
-        return f"{self.job_id}:{self.userid}:{self.tag}"
 
 
 class ImportRowError(models.Model):
