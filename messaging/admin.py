@@ -38,7 +38,12 @@ from messaging import selectors
 from messaging.drafts import draft_from_message
 from messaging.exports import deliveries_csv, deliveries_xlsx
 from messaging.models import CapturedEmail, Delivery, Message
-from messaging.services import SendRefused, message_retract, message_retry_failed
+from messaging.services import (
+    RETRACT_WINDOW,
+    SendRefused,
+    message_retract,
+    message_retry_failed,
+)
 
 
 class CapturedEmailAdmin(admin.ModelAdmin):
@@ -113,6 +118,8 @@ class ReadOnlyMixin:
         return False
 
 
+# A duplicate is a draft, and drafts are for those who may send.
+DUPLICATE_PERMISSIONS = ("messaging.add_message", "messaging.add_draft")
 TIME_FORMAT = "Y-m-d H:i:s"
 SHORT_TIME_FORMAT = "Y-m-d H:i"
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -358,8 +365,10 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "remote_images": request.GET.get("images") == "1",
             "progress_url": reverse("admin:messaging_message_progress", args=[message.pk]),
             "can_retry": user.has_perm("messaging.retry_message"),
-            "can_retract": user.has_perm("messaging.retract_message"),
-            "can_duplicate": user.has_perm("messaging.add_draft"),
+            # Only offered while the server would still accept it.
+            "can_retract": user.has_perm("messaging.retract_message")
+            and message.created_at >= timezone.now() - RETRACT_WINDOW,
+            "can_duplicate": user.has_perms(DUPLICATE_PERMISSIONS),
             **progress_payload(message),
         }
         context["srcdoc"] = frame_document(message.html, remote=context["remote_images"])
@@ -521,7 +530,9 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         )
 
     def duplicate_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        message = self._message(request, pk, "messaging.add_draft")
+        message = self._message(request, pk)
+        if not request.user.has_perms(DUPLICATE_PERMISSIONS):
+            raise PermissionDenied
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         draft = draft_from_message(message=message, user=request.user)

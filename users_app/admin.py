@@ -352,6 +352,8 @@ class ImportJobAdmin(admin.ModelAdmin):
         )
 
     def template_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         return _workbook_response(reports.template_workbook, "ums-bindings-template.xlsx")
 
 

@@ -129,7 +129,9 @@ class DraftAdmin(admin.ModelAdmin):
         return require_POST(views.plain_text)(request)
 
     def template_fill_view(self, request: HttpRequest) -> HttpResponse:
-        if not can_compose(request.user):
+        if not can_compose(request.user) or not request.user.has_perm(
+            "messaging.view_messagetemplate"
+        ):
             raise PermissionDenied
         return require_POST(views.template_fill)(request)
 

@@ -35,7 +35,11 @@ class ConfirmForm(forms.Form):
 
 
 def compose(model_admin: ModelAdmin, request: HttpRequest, draft: Draft | None) -> HttpResponse:
-    """Compose a new email (no draft) or reopen a draft; every button saves the draft first."""
+    """Compose a new email (no draft) or reopen a draft.
+
+    Every button saves the draft first, once the form is valid; when the test's or the review's
+    checks fail, nothing is saved and the form shows why.
+    """
     mode = next((m for name, m in ACTIONS.items() if name in request.POST), Mode.SAVE)
     if request.method == "POST":
         form = ComposeForm(request.POST, request.FILES, user=request.user, draft=draft, mode=mode)
@@ -96,7 +100,9 @@ def _compose_page(
         "original": draft,
         "materials": form.materials,
         "plain_text": html_to_text(html),
-        "templates": templates_for_compose(),
+        "templates": templates_for_compose()
+        if request.user.has_perm("messaging.view_messagetemplate")
+        else [],
         "has_delete_permission": draft is not None
         and model_admin.has_delete_permission(request, draft),
     }

@@ -749,6 +749,16 @@ def test_marketing_retracts_after_confirming_and_sees_what_was_cancelled(shop, m
     assert (message.status, message.cancelled) == ("retracted", 2)
 
 
+def test_retract_is_not_offered_past_its_24_hours(shop, marketing):
+    message = deliver(stored(shop), [("b", "b@example.com", "pending")])
+    Message.objects.filter(pk=message.pk).update(created_at=timezone.now() - timedelta(hours=25))
+
+    html = marketing.get(page_url(message)).content.decode()
+
+    assert action_url("retract", message) not in html
+    assert "Duplicate as a new draft" in html
+
+
 def test_retracting_twice_says_so(shop, marketing):
     message = deliver(stored(shop), [("a", "a@example.com", "pending")])
     marketing.post(action_url("retract", message))
@@ -908,3 +918,18 @@ def test_attachments_stay_while_failures_can_be_retried_then_go(partly_failed, m
     assert materials_purge() == 0
     assert materials_purge(now=timezone.now() + timedelta(days=8)) == 1
     assert not Material.objects.filter(pk=attachment.pk).exists()
+
+
+def test_duplicating_needs_the_right_to_send_not_only_to_keep_drafts(
+    shop, client, django_user_model
+):
+    message = stored(shop)
+    user = django_user_model.objects.create_user("drafter", password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_message", "add_draft", "view_draft"])
+    )
+    client.force_login(user)
+
+    assert "Duplicate as a new draft" not in client.get(page_url(message)).content.decode()
+    assert client.post(action_url("duplicate", message)).status_code == 403
+    assert not Draft.objects.exists()

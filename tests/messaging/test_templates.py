@@ -492,6 +492,22 @@ def test_filling_needs_the_compose_permission(login):
     assert login("Reviewer").post(FILL, {"template": row.pk, "para.name": "A"}).status_code == 403
 
 
+def test_filling_needs_the_right_to_see_templates(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    row = saved()
+    user = django_user_model.objects.create_user("sender", password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            codename__in=["add_message", "view_message", "add_draft", "change_draft", "view_draft"]
+        )
+    )
+    client.force_login(user)
+
+    assert client.post(FILL, {"template": row.pk, "para.name": "A"}).status_code == 403
+    assert client.get(reverse("admin:messaging_draft_add")).context["templates"] == []
+
+
 BLANK = {
     "channel": "",
     "audience_kind": "email",

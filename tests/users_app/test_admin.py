@@ -164,6 +164,7 @@ def test_reviewers_cannot_upload_or_export(client, role_user):
     client.force_login(role_user("Reviewer"))
 
     assert client.get(reverse("admin:users_app_importjob_add")).status_code == 403
+    assert client.get(reverse("admin:users_app_importjob_template")).status_code == 403
     assert client.get(reverse("admin:users_app_umsuser_changelist")).status_code == 200
     assert (
         client.post(reverse("admin:users_app_useremailbinding_export"), {"format": "1"}).status_code

@@ -30,6 +30,10 @@
       element.textContent = data.status_label;
       element.className = "ums-status ums-status-" + data.status;
     });
+    each(root, "[data-retry-button]", function (element) {
+      /* failures that appear while the page is open can be retried without a reload */
+      element.disabled = !(data.counts.failed > 0) || data.status === "retracted";
+    });
     Object.keys(data.timeline).forEach(function (key) {
       var entry = data.timeline[key];
       each(root, "[data-timeline='" + key + "']", function (element) { element.textContent = entry.value; });
