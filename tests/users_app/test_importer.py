@@ -627,7 +627,8 @@ def read_ahead(monkeypatch):
     assert importer.reads_ahead(ImportJob(total_rows=1))
 
 
-def test_a_file_read_by_a_child_process_gives_the_same_result(tmp_path, read_ahead):
+def test_a_file_read_by_a_child_process_gives_the_same_result(tmp_path, read_ahead, monkeypatch):
+    monkeypatch.setattr(importer, "BATCH_ROWS", 5_000)
     rows = [[f"u{i}", f"u{i}@example.com", "", "vip" if i % 3 else ""] for i in range(7_000)]
     rows[6_500] = ["bad user", "x@example.com", "", ""]
     seen: list[int] = []
