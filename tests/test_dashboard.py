@@ -2,10 +2,11 @@
 
 import json
 import re
+import shutil
 import socket
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -23,8 +24,9 @@ from channels_app import services as channel_services
 from channels_app.models import EmailSender
 from messaging import tasks
 from messaging.models import Delivery, Message
-from tests.processes import publish
-from tests.smtp_server import PASSWORD
+from tests.conftest import skip_or_fail
+from tests.processes import publish, redis_server
+from tests.smtp_server import PASSWORD, free_port
 from ums import dashboard
 from ums.celery import REDIS_OPTIONS
 from ums.dashboard import Counts
@@ -290,15 +292,13 @@ def test_queue_depth_counts_what_waits_in_the_database(channels, settings, tmp_p
 
 
 @pytest.fixture
-def own_redis_url(redis_url):
-    """Another database of the test Redis than the worker tests', which clear theirs."""
-    url = urlunsplit(urlsplit(redis_url)._replace(path="/14"))
-    client = redis.Redis.from_url(url)
-    names = dashboard.redis_queue_names()
-    client.delete(*names)
-    yield url
-    client.delete(*names)
-    client.close()
+def own_redis_url(tmp_path):
+    """A Redis server of the test's own: no other test or test run can touch its lists."""
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed")
+    port = free_port()
+    with redis_server(port, tmp_path / "redis.log"):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.mark.redis
