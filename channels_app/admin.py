@@ -241,7 +241,7 @@ class ChannelAdmin(admin.ModelAdmin):
             callback_url.channel,
             title=_("Verify %(url)s?") % {"url": callback_url.url},
             text=_(
-                "This server sends GET %(url)s?echostr=<random value>, signed with the "
+                "This server sends GET %(url)s?echostr=<random value>, authenticated with the "
                 "channel's ChannelKey and MasterSecret (HTTP Basic). The URL passes if it "
                 "answers HTTP 200 with exactly that value as its body; only verified URLs "
                 "receive status records."

@@ -22,7 +22,7 @@ from django.urls import path, reverse
 from django.utils.formats import number_format
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from channels_app.models import Channel
 from messaging import lists
@@ -225,7 +225,11 @@ class RecipientListAdmin(admin.ModelAdmin):
         if not self.has_delete_permission(request):
             return [], {}, {self.opts.verbose_name}, []
         shown = [
-            _("%(list)s, with its %(count)s userids")
+            ngettext(
+                "%(list)s, with its %(count)s userid",
+                "%(list)s, with its %(count)s userids",
+                item.size,
+            )
             % {"list": str(item), "count": amount(item.size)}
             for item in objs
         ]
