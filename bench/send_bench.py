@@ -659,10 +659,36 @@ def cpu_sample(groups: dict[str, int]) -> dict[str, float]:
     mine = os.times()
     result = {part: ticks / CLOCK_TICKS for part, ticks in seconds.items()}
     result["this script"] = mine.user + mine.system
-    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    result["total"] = sum(cpu[:8]) / CLOCK_TICKS
-    result["busy"] = result["total"] - (cpu[3] + cpu[4]) / CLOCK_TICKS
+    busy, total = _cpu_ticks()
+    result["busy"], result["total"] = busy / CLOCK_TICKS, total / CLOCK_TICKS
     return result
+
+
+QUIET_BUSY = 0.10  # --wait-idle: at most this share of the CPUs busy over a second
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(cpu[:8]) - cpu[3] - cpu[4], sum(cpu[:8])
+
+
+def wait_quiet(limit: float) -> None:
+    """Waits up to `limit` seconds for a second in which the machine is nearly idle.
+
+    On a shared machine, a run next to someone else's work measures that work as much as ours;
+    each run's CPU line ("anything else") shows whether it stayed quiet during the run.
+    """
+    deadline = time.monotonic() + limit
+    while limit > 0:
+        busy0, total0 = _cpu_ticks()
+        time.sleep(1.0)
+        busy1, total1 = _cpu_ticks()
+        busy = (busy1 - busy0) / max(total1 - total0, 1)
+        if busy <= QUIET_BUSY:
+            return
+        if time.monotonic() > deadline:
+            log(f"warning: the machine stayed busy ({busy:.0%} of its CPUs); running anyway")
+            return
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -847,6 +873,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str
     cpu_runs: list[dict[str, float]] = []
     for attempt in range(args.repeat):
         checkpoint(DB_NAME)
+        wait_quiet(args.wait_idle)
         before = sink_count(sink)
         cpu_before = cpu_sample(groups)
         timed = run_pipeline(send, n)
@@ -889,6 +916,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str
     unpinned = Row("floor-unpinned", n, note="the same, placed by the scheduler")
     for attempt in range(args.repeat):
         for row, pin in ((floor, True), (unpinned, False)):
+            wait_quiet(args.wait_idle)
             os.sched_setaffinity(0, one_cpu if pin else cpus)
             os.sched_setaffinity(sink.process.pid, one_cpu if pin else cpus)
             try:
@@ -911,6 +939,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str
         peer = Row("post-office", n)
         queueing = []
         for attempt in range(args.repeat):
+            wait_quiet(args.wait_idle)
             before = sink_count(sink)
             result = run_post_office(children, workdir, env, n, sink_port)
             after = wait_sink_count(sink, before + n)
@@ -941,6 +970,14 @@ def main() -> int:
         "--via-service",
         action="store_true",
         help="create the messages with messaging.services.message_create, not POST /v1/sent",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each timed run, wait up to this long for a second with the machine's CPUs"
+        f" at most {QUIET_BUSY * 100:.0f}%% busy (for a machine shared with other work)",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the logs of the children")
