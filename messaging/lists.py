@@ -158,8 +158,13 @@ def _select_in(sql: str, params: list[Any], values: list[str]) -> set[str]:
     Plain SQL, not the ORM: building an `IN` lookup of thousands of values costs more than the
     query. PostgreSQL gets the chunk as one array parameter (`= ANY(%s)`), SQLite as a list.
     """
+    return {row[0] for row in _select_rows(sql, params, values)}
+
+
+def _select_rows(sql: str, params: list[Any], values: list[str]) -> list[tuple[Any, ...]]:
+    """The rows of `sql` run once per chunk of `values` (see _select_in)."""
     postgresql = connection.vendor == "postgresql"
-    found: set[str] = set()
+    found: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
         for chunk in _chunks(values):
             if postgresql:
@@ -168,7 +173,7 @@ def _select_in(sql: str, params: list[Any], values: list[str]) -> set[str]:
                 test = "IN (" + ", ".join(["%s"] * len(chunk)) + ")"
                 bound = [v for p in params for v in (chunk if p is VALUES else [p])]
             cursor.execute(sql.format(values=test), bound)
-            found.update(row[0] for row in cursor.fetchall())
+            found.extend(cursor.fetchall())
     return found
 
 
@@ -328,6 +333,92 @@ def recipients_blocked_sql(
         params["lists_white"] = message.white_list_id
         conditions.append(_LISTED_SQL.format(userid=userid, negation="NOT ", param="lists_white"))
     return "(" + " OR ".join(conditions) + ")", params
+
+
+# Why a recipient got no email: stored as the delivery's reply (`smtp_reply`) of an invalid row.
+BLACKLISTED = "blacklisted"
+NOT_WHITELISTED = "not in the whitelist"
+SUPPRESSED = {
+    SuppressedAddress.Reason.MANUAL: "suppressed: added by staff",
+    SuppressedAddress.Reason.UNSUBSCRIBE: "suppressed: unsubscribed",
+    SuppressedAddress.Reason.FAILURE: "suppressed: permanent failure",
+}
+SUPPRESSED_OTHER = "suppressed"
+
+
+def suppression_in_use(*, channel_id: int) -> bool:
+    """Whether any address is suppressed for the channel or for every channel (one query):
+    when none is, the pipeline skips the check."""
+    return SuppressedAddress.objects.filter(
+        Q(channel__isnull=True) | Q(channel_id=channel_id)
+    ).exists()
+
+
+def emails_suppressed_reasons(*, channel_id: int, emails: list[str]) -> dict[str, str]:
+    """Like emails_suppressed, with why: {address as given: SUPPRESSED text}.
+
+    One query per CHUNK addresses, on the same unique indexes.
+    """
+    given: dict[str, list[str]] = {}
+    for email in emails:
+        if email:
+            given.setdefault(normalize_address(email), []).append(email)
+    rows = _select_rows(
+        "SELECT email, reason FROM messaging_suppressedaddress"
+        " WHERE email {values} AND channel_id IS NULL"
+        " UNION ALL SELECT email, reason FROM messaging_suppressedaddress"
+        " WHERE email {values} AND channel_id = %s",
+        [VALUES, VALUES, channel_id],
+        list(given),
+    )
+    found: dict[str, str] = {}
+    for key, reason in rows:
+        for original in given[key]:
+            found.setdefault(original, SUPPRESSED.get(reason, SUPPRESSED_OTHER))
+    return found
+
+
+_SUPPRESSED_REASON_SQL = (
+    "COALESCE((SELECT CASE lists_r.reason {reasons} ELSE %(lists_suppressed)s END"
+    " FROM messaging_suppressedaddress lists_r"
+    " WHERE lists_r.email = LOWER({email})"
+    " AND (lists_r.channel_id IS NULL OR lists_r.channel_id = %(lists_channel)s)"
+    " ORDER BY lists_r.channel_id NULLS FIRST LIMIT 1), '')"
+)
+
+
+def recipients_block_reason_sql(
+    *, message: Message, userid: str = "userid", email: str = "email", suppression: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """A SQL expression: why `message` must not reach a recipient (a BLACKLISTED,
+    NOT_WHITELISTED or SUPPRESSED text), or '' when it may; and its named parameters.
+
+    The rules of recipients_blocked_sql, telling which one blocked (a list first). With
+    `suppression` False the suppression list is not looked at (see suppression_in_use).
+    """
+    _condition, params = recipients_blocked_sql(message=message, userid=userid, email=email)
+    cases = []
+    if message.black_list_id is not None:
+        listed = _LISTED_SQL.format(userid=userid, negation="", param="lists_black")
+        cases.append(f"WHEN {listed} THEN %(lists_blacklisted)s")
+        params["lists_blacklisted"] = BLACKLISTED
+    if message.white_list_id is not None:
+        unlisted = _LISTED_SQL.format(userid=userid, negation="NOT ", param="lists_white")
+        cases.append(f"WHEN {unlisted} THEN %(lists_not_whitelisted)s")
+        params["lists_not_whitelisted"] = NOT_WHITELISTED
+    otherwise = "''"
+    if suppression:
+        reasons = " ".join(
+            f"WHEN %(lists_reason_{n})s THEN %(lists_text_{n})s" for n in range(len(SUPPRESSED))
+        )
+        for n, (reason, text) in enumerate(SUPPRESSED.items()):
+            params[f"lists_reason_{n}"] = str(reason)
+            params[f"lists_text_{n}"] = text
+        params["lists_suppressed"] = SUPPRESSED_OTHER
+        otherwise = _SUPPRESSED_REASON_SQL.format(reasons=reasons, email=email)
+    if not cases:
+        return otherwise, params
+    return f"(CASE {' '.join(cases)} ELSE {otherwise} END)", params
 
 
 # --- the suppression list: changes --------------------------------------------------------------

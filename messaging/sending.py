@@ -16,11 +16,13 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Exists, F, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 
+from channels_app import rules
 from channels_app import services as channel_services
 from channels_app.models import EmailSender
+from channels_app.ratelimit import RateLimitUnavailable, SenderLimits, sender_grant, sender_sent
 from channels_app.selectors import channel_default_sender
 from channels_app.services import ConnectionCheck
 from channels_app.smtp import (
@@ -32,13 +34,25 @@ from channels_app.smtp import (
     classify_failure,
 )
 from messaging import audience as audiences
-from messaging.mime import message_id_for, message_template, stamp
+from messaging import lists
+from messaging.mime import Composer, message_id_for
 from messaging.models import Delivery, Message
 
 logger = logging.getLogger(__name__)
 
 WRITE_CHUNK = 5000
 OPEN = (Delivery.Status.PENDING, Delivery.Status.SENDING, Delivery.Status.RETRYING)
+# A limited sender's wait up to this many seconds is slept in the batch; a longer one (a day's
+# quota used up) releases the rows until then.
+RATE_WAIT_MAX = 3.0
+NO_SENDER = "No sender of the message's strategy can send now."
+
+
+def reports_status(message: Message) -> bool:
+    """Whether the message's recipients' statuses go to a callback URL: the statements that
+    record a final status then also mark the rows `callback_due` (see messaging.callbacks)."""
+    callback = message.callback
+    return isinstance(callback, dict) and bool(callback.get("url"))
 
 
 # --- resolving --------------------------------------------------------------------------------
@@ -78,7 +92,7 @@ def message_resolve(*, message_id: int) -> list[int]:
             )
         )
         if not updated:
-            _cancel_open(message.pk)
+            _cancel_open(message.pk, callback_due=reports_status(message))
             message_recount(message_id=message.pk)
             return []
     return sorted(batches)
@@ -103,58 +117,105 @@ def _recipients(message: Message) -> Iterator[audiences.Recipient]:
 
 def _write_deliveries(message: Message) -> tuple[int, int, set[int]]:
     """Returns (recipients, invalid ones, batch numbers to send)."""
+    suppression = lists.suppression_in_use(channel_id=message.channel_id)
     if connection.vendor == "postgresql":
-        return _insert_deliveries(message)
+        return _insert_deliveries(message, suppression=suppression)
     size = settings.UMS_DELIVERY_BATCH_SIZE
+    due = reports_status(message)
     total = invalid = sendable = 0
     batches: set[int] = set()
-    rows: list[Delivery] = []
-    for recipient in _recipients(message):
-        total += 1
-        if recipient.email:
-            batch = sendable // size
-            sendable += 1
-            batches.add(batch)
-            rows.append(
-                Delivery(
-                    message=message, batch=batch, userid=recipient.userid, email=recipient.email
+    for chunk in _chunked(_recipients(message), WRITE_CHUNK):
+        blocked = _blocked(message, chunk, suppression=suppression)
+        rows: list[Delivery] = []
+        for recipient in chunk:
+            total += 1
+            reason = blocked.get(recipient) if recipient.email else None
+            if recipient.email and reason is None:
+                batch = sendable // size
+                sendable += 1
+                batches.add(batch)
+                rows.append(
+                    Delivery(
+                        message=message,
+                        batch=batch,
+                        userid=recipient.userid,
+                        email=recipient.email,
+                    )
                 )
-            )
-        else:
-            invalid += 1
-            rows.append(
-                Delivery(
-                    message=message,
-                    batch=0,
-                    userid=recipient.userid,
-                    status=Delivery.Status.INVALID,
+            else:
+                invalid += 1
+                rows.append(
+                    Delivery(
+                        message=message,
+                        batch=0,
+                        userid=recipient.userid,
+                        email=recipient.email,
+                        status=Delivery.Status.INVALID,
+                        smtp_reply=reason or "",
+                        callback_due=due,
+                    )
                 )
-            )
-        if len(rows) >= WRITE_CHUNK:
-            Delivery.objects.bulk_create(rows)
-            rows = []
-    Delivery.objects.bulk_create(rows)
+        Delivery.objects.bulk_create(rows)
     return total, invalid, batches
 
 
-# The recipients numbered in their order; those with an address fill the batches one by one.
+def _chunked(recipients: Iterator[audiences.Recipient], size: int) -> Iterator[list]:
+    chunk: list[audiences.Recipient] = []
+    for recipient in recipients:
+        chunk.append(recipient)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _blocked(
+    message: Message, chunk: list[audiences.Recipient], *, suppression: bool
+) -> dict[audiences.Recipient, str]:
+    """The chunk's recipients with an address that must not get the message, and why: the
+    message's black or white list first, then the suppression list (a few queries a chunk)."""
+    found: dict[audiences.Recipient, str] = {}
+    if message.black_list_id is not None or message.white_list_id is not None:
+        reason = lists.BLACKLISTED if message.black_list_id is not None else lists.NOT_WHITELISTED
+        userids = lists.userids_blocked(
+            message=message, userids=[r.userid for r in chunk if r.email and r.userid]
+        )
+        found = {r: reason for r in chunk if r.email and r.userid in userids}
+    if suppression:
+        suppressed = lists.emails_suppressed_reasons(
+            channel_id=message.channel_id,
+            emails=[r.email for r in chunk if r.email and r not in found],
+        )
+        found.update((r, suppressed[r.email]) for r in chunk if r.email in suppressed)
+    return found
+
+
+# The recipients numbered in their order; those with an address that nothing blocks (`reason`
+# empty: see lists.recipients_block_reason_sql) fill the batches one by one.
 _INSERT_SQL = """
     WITH audience AS ({recipients}),
+    checked AS (
+        SELECT a.ord, a.userid, a.email,
+               CASE WHEN a.email <> '' THEN {reason} ELSE '' END AS reason
+        FROM audience a
+    ),
     numbered AS (
-        SELECT ord, userid, email,
-               count(*) FILTER (WHERE email <> '') OVER (ORDER BY ord) AS nth
-        FROM audience
+        SELECT ord, userid, email, reason, email <> '' AND reason = '' AS sendable,
+               count(*) FILTER (WHERE email <> '' AND reason = '') OVER (ORDER BY ord) AS nth
+        FROM checked
     ),
     written AS (
         INSERT INTO messaging_delivery (
             message_id, batch, userid, email, status, attempts, smtp_reply, smtp_message_id,
-            updated_at
+            updated_at, callback_due
         )
         SELECT %(message)s,
-               CASE WHEN email <> '' THEN (nth - 1) / %(size)s ELSE 0 END,
+               CASE WHEN sendable THEN (nth - 1) / %(size)s ELSE 0 END,
                userid, email,
-               CASE WHEN email <> '' THEN %(pending)s ELSE %(invalid)s END,
-               0, '', '', %(now)s
+               CASE WHEN sendable THEN %(pending)s ELSE %(invalid)s END,
+               0, reason, '', %(now)s,
+               CASE WHEN sendable THEN false ELSE %(due)s END
         FROM numbered ORDER BY ord
         RETURNING status
     )
@@ -162,21 +223,27 @@ _INSERT_SQL = """
 """
 
 
-def _insert_deliveries(message: Message) -> tuple[int, int, set[int]]:
-    """PostgreSQL writes the deliveries itself: one INSERT ... SELECT, whatever the audience."""
+def _insert_deliveries(message: Message, *, suppression: bool) -> tuple[int, int, set[int]]:
+    """PostgreSQL writes the deliveries itself: one INSERT ... SELECT, whatever the audience.
+    The lists and the suppression list are checked in the same statement."""
     size = settings.UMS_DELIVERY_BATCH_SIZE
     recipients, params = audiences.recipients_sql(
         channel_key=message.channel.channel_key, audience=message.audience
     )
+    reason, reason_params = lists.recipients_block_reason_sql(
+        message=message, userid="a.userid", email="a.email", suppression=suppression
+    )
+    params.update(reason_params)
     params.update(
         message=message.pk,
         size=size,
         pending=Delivery.Status.PENDING,
         invalid=Delivery.Status.INVALID,
         now=timezone.now(),
+        due=reports_status(message),
     )
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL.format(recipients=recipients), params)
+        cursor.execute(_INSERT_SQL.format(recipients=recipients, reason=reason), params)
         total, invalid = cursor.fetchone()
     return total, invalid, set(range(-(-(total - invalid) // size)))
 
@@ -189,8 +256,20 @@ class BatchOutcome:
     sent: int = 0
     failed: int = 0
     retrying: int = 0
+    moved: int = 0  # recipients handed to the next sender of the message's strategy
     retry_in: float | None = None  # seconds until the earliest retry, if any
     sender_failure: Failure | None = None
+
+    def add(self, other: "BatchOutcome") -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retrying += other.retrying
+        self.moved += other.moved
+        if other.retry_in is not None:
+            self.retry_in = (
+                other.retry_in if self.retry_in is None else min(self.retry_in, other.retry_in)
+            )
+        self.sender_failure = self.sender_failure or other.sender_failure
 
 
 @dataclass(slots=True)
@@ -201,6 +280,8 @@ class _Claimed:
     pk: int
     email: str
     attempts: int
+    userid: str = ""
+    step: int = 0
     status: str = Delivery.Status.SENDING
     smtp_code: int | None = None
     smtp_reply: str = ""
@@ -212,6 +293,10 @@ class _Results:
     sent: list[_Claimed] = field(default_factory=list)
     failed: list[_Claimed] = field(default_factory=list)
     retry: list[_Claimed] = field(default_factory=list)
+    # Not tried, through no fault of theirs (a sender's limit): back after `deferred_in` seconds
+    # with the attempt given back.
+    deferred: list[_Claimed] = field(default_factory=list)
+    deferred_in: float = 0.0
 
 
 def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
@@ -219,10 +304,13 @@ def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
     message = (
         Message.objects.select_related("sender", "channel").defer("audience").get(pk=message_id)
     )
+    due = reports_status(message)
     if message.status == Message.Status.RETRACTED or not message.channel.is_enabled:
         # Nothing more goes out for a retracted message or a closed channel.
-        _cancel_open(message.pk, batch=batch)
+        _cancel_open(message.pk, batch=batch, callback_due=due)
         return BatchOutcome()
+    if message.rule_id is not None:
+        return _batch_send_steps(message, batch, due)
     sender = _usable_sender(message)
     if sender is None or sender_is_broken(sender):
         # Logging in again with a refused password risks locking the account: the rows stay
@@ -235,28 +323,81 @@ def batch_send(*, message_id: int, batch: int) -> BatchOutcome:
         claimed = _claim(message, batch)
         if not claimed:
             return BatchOutcome()
-        try:
-            template = message_template(message)
-            config = sender.smtp_config()
-        except Exception as exc:
-            logger.exception("message %s cannot be built", message.msgid)
-            failure = Failure(FailureKind.PERMANENT, None, str(exc)[:500])
-            results = _Results(retry=list(claimed))
-            for row in claimed:
-                _note(row, failure)
-            return _finish_batch(message, results, claimed, None)
-        results, sender_failure = _send(message, claimed, template, config)
-        outcome = _finish_batch(message, results, claimed, sender_failure)
-    if sender_failure is not None:
-        _mark_sender(sender, sender_failure)
+        outcome = _send_group(message, sender, claimed, due)
+        message_finish_if_done(message_id=message.pk)
     return outcome
 
 
-def _finish_batch(
-    message: Message, results: "_Results", claimed: list[_Claimed], sender_failure: Failure | None
+def _batch_send_steps(message: Message, batch: int, due: bool) -> BatchOutcome:
+    """A message with a sending strategy: the claimed rows by step, each step's rows through
+    that step's sender (see channels_app.rules), one sender after the other."""
+    outcome = BatchOutcome()
+    with fast_commits():
+        claimed = _claim(message, batch)
+        if not claimed:
+            return outcome
+        by_step: dict[int, list[_Claimed]] = {}
+        for row in claimed:
+            by_step.setdefault(row.step, []).append(row)
+        senders: dict[int, EmailSender] = {}
+        for step in sorted(by_step):
+            sender = rules.rule_sender(message=message, step=step)
+            if sender is not None:
+                senders[step] = sender
+                continue
+            # That step cannot send now: its rows go to the next step that can, at once.
+            rows = by_step.pop(step)
+            usable = rules.usable_step(message=message, step=step)
+            if usable is None:
+                outcome.add(_fail_without_sender(message, rows, due))
+                continue
+            Delivery.objects.filter(pk__in=[row.pk for row in rows]).update(step=usable)
+            for row in rows:
+                row.step = usable
+            by_step.setdefault(usable, []).extend(rows)
+            if usable not in senders:
+                senders[usable] = rules.rule_sender(message=message, step=usable)
+        for step in sorted(by_step):
+            sender = senders[step]
+            message.sender = sender
+            if sender_is_broken(sender):
+                failure = Failure(FailureKind.AUTH, None, sender.health_error)
+                results = _Results(retry=list(by_step[step]))
+                outcome.add(_record(message, results, by_step[step], failure, due=due, step=step))
+                continue
+            outcome.add(_send_group(message, sender, by_step[step], due, step=step))
+        message_finish_if_done(message_id=message.pk)
+    return outcome
+
+
+def _fail_without_sender(message: Message, rows: list[_Claimed], due: bool) -> BatchOutcome:
+    failure = Failure(FailureKind.PERMANENT, None, NO_SENDER)
+    for row in rows:
+        _note(row, failure)
+    return _record(message, _Results(failed=list(rows)), rows, None, due=due, step=None)
+
+
+def _send_group(
+    message: Message, sender: EmailSender, claimed: list[_Claimed], due: bool, step: int = 0
 ) -> BatchOutcome:
-    outcome = _record(message, results, claimed, sender_failure)
-    message_finish_if_done(message_id=message.pk)
+    """Send claimed rows through one sender (`message.sender`), then record the results."""
+    try:
+        composer = Composer(message)
+        config = sender.smtp_config()
+    except Exception as exc:
+        logger.exception("message %s cannot be built", message.msgid)
+        failure = Failure(FailureKind.PERMANENT, None, str(exc)[:500])
+        results = _Results(retry=list(claimed))
+        for row in claimed:
+            _note(row, failure)
+        return _record(message, results, claimed, None, due=due, step=step)
+    limits = SenderLimits.of(sender)
+    results, sender_failure = _send(
+        message, claimed, composer, config, None if limits.unlimited else limits, due
+    )
+    outcome = _record(message, results, claimed, sender_failure, due=due, step=step)
+    if sender_failure is not None:
+        _mark_sender(sender, sender_failure)
     return outcome
 
 
@@ -268,13 +409,16 @@ def _usable_sender(message: Message) -> EmailSender | None:
     return channel_default_sender(channel=message.channel)
 
 
-def _cancel_open(message_id: int, *, batch: int | None = None) -> None:
+def _cancel_open(message_id: int, *, batch: int | None = None, callback_due: bool = False) -> None:
     rows = Delivery.objects.filter(
         message_id=message_id, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING]
     )
     if batch is not None:
         rows = rows.filter(batch=batch)
-    if rows.update(status=Delivery.Status.CANCELLED, claimed_at=None):
+    cancelled = {"status": Delivery.Status.CANCELLED, "claimed_at": None}
+    if callback_due:
+        cancelled["callback_due"] = True
+    if rows.update(**cancelled, updated_at=timezone.now()):
         message_recount(message_id=message_id)
 
 
@@ -286,7 +430,7 @@ _CLAIM_SQL = """
           AND (status = %s OR (status = %s AND next_attempt_at <= %s))
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING id, email, attempts
+    RETURNING id, email, attempts, userid, step
 """
 
 
@@ -306,16 +450,21 @@ def _claim(message: Message, batch: int) -> list[_Claimed]:
             Delivery.objects.select_for_update(skip_locked=True)
             .filter(due, message=message, batch=batch)
             .order_by("pk")
-            .values_list("pk", "email", "attempts")
+            .values_list("pk", "email", "attempts", "userid", "step")
         )
-        Delivery.objects.filter(pk__in=[pk for pk, _email, _n in rows]).update(
+        Delivery.objects.filter(pk__in=[row[0] for row in rows]).update(
             status=Delivery.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
         )
-    return [_Claimed(pk, email, n + 1) for pk, email, n in rows]
+    return [_Claimed(pk, email, n + 1, userid, step) for pk, email, n, userid, step in rows]
 
 
 def _send(
-    message: Message, claimed: list[_Claimed], template: bytes, config: SmtpConfig
+    message: Message,
+    claimed: list[_Claimed],
+    composer: Composer,
+    config: SmtpConfig,
+    limits: SenderLimits | None,
+    callback_due: bool,
 ) -> tuple["_Results", Failure | None]:
     """SMTP I/O, outside any transaction: one connection, one recipient per message."""
     results = _Results()
@@ -328,10 +477,20 @@ def _send(
                 _note(row, failure)
             return results, failure if failure.sender_problem else None
         with connection.cursor() as cursor:
-            return results, _send_each(message, claimed, template, backend, results, cursor)
+            return results, _send_each(
+                message, claimed, composer, backend, results, cursor, limits, callback_due
+            )
     except SoftTimeLimitExceeded:
         # Out of time: what was not recorded goes back for a retry (see _record).
         logger.warning("batch of message %s stopped at its soft time limit", message.msgid)
+        return results, None
+    except RateLimitUnavailable:
+        # The limiter cannot say whether the sender may send: the rest waits, as for a
+        # transient failure of the batch; the recipients keep their tries.
+        logger.warning("rate limiter unreachable: batch of message %s waits", message.msgid)
+        handled = {d.pk for d in results.sent + results.failed + results.retry}
+        results.deferred.extend(d for d in claimed if d.pk not in handled)
+        results.deferred_in = retry_delay(1).total_seconds()
         return results, None
     finally:
         backend.close()
@@ -350,26 +509,66 @@ def _open(backend: SenderEmailBackend) -> Failure | None:
     return None
 
 
+class _Pacer:
+    """The indexes of a limited sender's rows, as its limit grants them (channels_app.ratelimit):
+    a grant per chunk, reported back with what the server accepted. A short wait is slept; a
+    long one (a day's quota) ends the batch, the rest deferred until then."""
+
+    def __init__(self, sender_id: int, limits: SenderLimits, total: int) -> None:
+        self.sender_id, self.limits, self.total = sender_id, limits, total
+        self.accepted = 0
+        self.wait: float | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        index = 0
+        while index < self.total:
+            grant = sender_grant(
+                sender_id=self.sender_id, limits=self.limits, wanted=self.total - index
+            )
+            if not grant.granted:
+                if grant.wait <= RATE_WAIT_MAX:
+                    time.sleep(grant.wait)
+                    continue
+                self.wait = grant.wait
+                return
+            self.accepted = 0
+            try:
+                for _n in range(grant.granted):
+                    yield index
+                    index += 1
+            finally:
+                sender_sent(
+                    sender_id=self.sender_id, limits=self.limits, grant=grant, sent=self.accepted
+                )
+
+
 def _send_each(
     message: Message,
     claimed: list[_Claimed],
-    template: bytes,
+    composer: Composer,
     backend: SenderEmailBackend,
     results: "_Results",
     cursor: Any,
+    limits: SenderLimits | None = None,
+    callback_due: bool = False,
 ) -> Failure | None:
     envelope_from = message.sender.from_address
     broken_connections = 0
-    accepted = _Acceptances(cursor)
+    accepted = _Acceptances(cursor, callback_due)
+    pacer = None if limits is None else _Pacer(message.sender.pk, limits, len(claimed))
+    indexes = iter(range(len(claimed)) if pacer is None else pacer)
     try:
-        for index, delivery in enumerate(claimed):
+        for index in indexes:
+            delivery = claimed[index]
             message_id = message_id_for(message, delivery.pk)
             started = time.monotonic()
             try:
                 reply = backend.send_raw(
                     envelope_from=envelope_from,
                     recipient=delivery.email,
-                    message=stamp(template, to=delivery.email, message_id=message_id),
+                    message=composer.email(
+                        userid=delivery.userid, email=delivery.email, message_id=message_id
+                    ),
                 )
             except SoftTimeLimitExceeded:
                 raise
@@ -392,8 +591,16 @@ def _send_each(
             broken_connections = 0
             accepted.add(delivery.pk, reply.code, reply.text[:500], message_id, started)
             results.sent.append(delivery)
+            if pacer is not None:
+                pacer.accepted += 1
+        if pacer is not None and pacer.wait is not None:
+            done = len(results.sent) + len(results.failed) + len(results.retry)
+            results.deferred.extend(claimed[done:])
+            results.deferred_in = pacer.wait
         return None
     finally:
+        if pacer is not None:
+            indexes.close()  # reports the grant in progress back to the limiter
         accepted.write()  # also when stopped by the time limit: what was accepted is recorded
 
 
@@ -409,8 +616,9 @@ RECORD_WITHIN = 0.05
 
 
 class _Acceptances:
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, callback_due: bool = False) -> None:
         self.cursor = cursor
+        self.callback_due = callback_due
         self.rows: list[tuple[int, int, str, str, datetime]] = []
         self.oldest = 0.0
 
@@ -424,17 +632,18 @@ class _Acceptances:
     def write(self) -> None:
         if self.rows:
             rows, self.rows = self.rows, []
-            _record_sent(self.cursor, rows)
+            _record_sent(self.cursor, rows, callback_due=self.callback_due)
 
 
 _SENT_SQL = (
-    "UPDATE messaging_delivery SET status = %s, smtp_code = %s, smtp_reply = %s, "
-    "smtp_message_id = %s, sent_at = %s, updated_at = %s, claimed_at = NULL WHERE id = %s"
+    "UPDATE messaging_delivery SET status = %s, callback_due = %s, smtp_code = %s, "
+    "smtp_reply = %s, smtp_message_id = %s, sent_at = %s, updated_at = %s, claimed_at = NULL "
+    "WHERE id = %s"
 )
 _SENT_MANY_SQL = """
     UPDATE messaging_delivery AS d
-    SET status = %s, smtp_code = v.code, smtp_reply = v.reply, smtp_message_id = v.message_id,
-        sent_at = v.at, updated_at = v.at, claimed_at = NULL
+    SET status = %s, callback_due = %s, smtp_code = v.code, smtp_reply = v.reply,
+        smtp_message_id = v.message_id, sent_at = v.at, updated_at = v.at, claimed_at = NULL
     FROM unnest(%s::bigint[], %s::smallint[], %s::text[], %s::text[], %s::timestamptz[])
         AS v(id, code, reply, message_id, at)
     WHERE d.id = v.id
@@ -468,20 +677,23 @@ def fast_commits() -> Iterator[None]:
             connection.close()
 
 
-def _record_sent(cursor: Any, rows: list[tuple[int, int, str, str, datetime]]) -> None:
-    """Accepted emails become `sent`, in one statement (autocommit: committed at once)."""
-    sent = Delivery.Status.SENT
+def _record_sent(
+    cursor: Any, rows: list[tuple[int, int, str, str, datetime]], *, callback_due: bool = False
+) -> None:
+    """Accepted emails become `sent`, in one statement (autocommit: committed at once); with a
+    callback URL, due to be reported by the same statement."""
+    sent, due = Delivery.Status.SENT, callback_due
     if len(rows) == 1:
         ((pk, code, reply, message_id, at),) = rows
-        cursor.execute(_SENT_SQL, [sent, code, reply, message_id, at, at, pk])
+        cursor.execute(_SENT_SQL, [sent, due, code, reply, message_id, at, at, pk])
     elif connection.vendor == "postgresql":
         cursor.execute(
-            _SENT_MANY_SQL, [sent, *(list(column) for column in zip(*rows, strict=True))]
+            _SENT_MANY_SQL, [sent, due, *(list(column) for column in zip(*rows, strict=True))]
         )
     else:
         with transaction.atomic():
             cursor.executemany(
-                _SENT_SQL, [[sent, code, r, m, at, at, pk] for pk, code, r, m, at in rows]
+                _SENT_SQL, [[sent, due, code, r, m, at, at, pk] for pk, code, r, m, at in rows]
             )
 
 
@@ -491,18 +703,39 @@ def _note(delivery: _Claimed, failure: Failure) -> None:
 
 
 def _record(
-    message: Message, results: _Results, claimed: list[_Claimed], sender_failure: Failure | None
+    message: Message,
+    results: _Results,
+    claimed: list[_Claimed],
+    sender_failure: Failure | None,
+    *,
+    due: bool = False,
+    step: int | None = 0,
 ) -> BatchOutcome:
+    """Record what is left of a group of rows sent through one sender: failures, retries, rows
+    moved to the strategy's next step (`step` is theirs; None: there is no next step)."""
     now = timezone.now()
     outcome = BatchOutcome(sender_failure=sender_failure)
+    deferred = {d.pk for d in results.deferred}
     handled = (
         {d.pk for d in results.sent}
         | {d.pk for d in results.failed}
         | {d.pk for d in results.retry}
+        | deferred
     )
     # Rows neither sent nor failed (a soft time limit in the middle) go back for a retry.
     results.retry.extend(d for d in claimed if d.pk not in handled)
+    for delivery in results.deferred:
+        # Not tried: a sender's limit holds them until then, without using up a try.
+        delivery.attempts -= 1
+        delivery.status = Delivery.Status.RETRYING
+        delivery.next_attempt_at = now + timedelta(seconds=results.deferred_in)
+        outcome.retrying += 1
+    if results.deferred:
+        outcome.retry_in = results.deferred_in
+    waiting = list(results.deferred)
     for delivery in results.retry:
+        if delivery.pk in deferred:
+            continue
         if sender_failure is not None:
             delivery.attempts -= 1  # the sender's fault does not use up the recipient's tries
         elif delivery.attempts >= settings.UMS_DELIVERY_MAX_ATTEMPTS:
@@ -510,12 +743,49 @@ def _record(
             continue
         delay = retry_delay(delivery.attempts)
         delivery.status, delivery.next_attempt_at = Delivery.Status.RETRYING, now + delay
+        waiting.append(delivery)
         outcome.retrying += 1
         seconds = delay.total_seconds()
         outcome.retry_in = seconds if outcome.retry_in is None else min(outcome.retry_in, seconds)
-    for delivery in results.failed:
+    failed = results.failed
+    moved = _move_to_next_step(message, failed, step) if failed and step is not None else False
+    if moved:
+        # The strategy's next sender takes them (not failed, no callback): queued again now.
+        outcome.moved, failed = len(failed), []
+        outcome.retry_in = 0.0
+    for delivery in failed:
         delivery.status = Delivery.Status.FAILED
-    # Their Message-ID and sending time are cleared, and they are no longer claimed.
+    outcome.sent, outcome.failed = len(results.sent), len(failed)
+    with transaction.atomic() if failed or waiting else nullcontext():
+        # Their Message-ID and sending time are cleared, and they are no longer claimed. A
+        # failure is final: due to be reported when the message has a callback URL.
+        _write_rows(failed, now, callback_due=due)
+        _write_rows(waiting, now)
+        Message.objects.filter(pk=message.pk).update(
+            sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed
+        )
+    refused = [row.email for row in failed if row.smtp_code and row.smtp_code >= 500]
+    if refused:
+        lists.addresses_suppress_failed(channel=message.channel, emails=refused)
+    return outcome
+
+
+_ROW_FIELDS = [
+    "status",
+    "smtp_code",
+    "smtp_reply",
+    "smtp_message_id",
+    "sent_at",
+    "next_attempt_at",
+    "claimed_at",
+    "attempts",
+    "updated_at",
+]
+
+
+def _write_rows(rows: list[_Claimed], now: datetime, *, callback_due: bool = False) -> None:
+    if not rows:
+        return
     changed = [
         Delivery(
             pk=row.pk,
@@ -524,26 +794,33 @@ def _record(
             smtp_reply=row.smtp_reply,
             next_attempt_at=row.next_attempt_at,
             attempts=row.attempts,
+            updated_at=now,
+            callback_due=True,
         )
-        for row in results.failed + results.retry
+        for row in rows
     ]
-    fields = [
-        "status",
-        "smtp_code",
-        "smtp_reply",
-        "smtp_message_id",
-        "sent_at",
-        "next_attempt_at",
-        "claimed_at",
-        "attempts",
-    ]
-    outcome.sent, outcome.failed = len(results.sent), len(results.failed)
-    with transaction.atomic() if changed else nullcontext():
-        Delivery.objects.bulk_update(changed, fields, batch_size=1000)
-        Message.objects.filter(pk=message.pk).update(
-            sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed
-        )
-    return outcome
+    fields = [*_ROW_FIELDS, "callback_due"] if callback_due else _ROW_FIELDS
+    Delivery.objects.bulk_update(changed, fields, batch_size=1000)
+
+
+def _move_to_next_step(message: Message, rows: list[_Claimed], step: int) -> bool:
+    """Rows that failed for good on `step` of the message's strategy go to its next step, if
+    there is one (one UPDATE): pending, their tries reset. False for a message without one."""
+    if message.rule_id is None:
+        return False
+    following = rules.next_step(message=message, step=step)
+    if following is None:
+        return False
+    Delivery.objects.filter(pk__in=[row.pk for row in rows]).update(
+        step=following,
+        status=Delivery.Status.PENDING,
+        attempts=0,
+        next_attempt_at=None,
+        claimed_at=None,
+        smtp_message_id="",
+        updated_at=timezone.now(),
+    )
+    return True
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -565,17 +842,31 @@ def _mark_sender(sender: EmailSender, failure: Failure) -> None:
 
 
 def message_finish_if_done(*, message_id: int) -> bool:
-    """A sending message with nothing left open becomes done (one statement: it runs after
-    every batch)."""
+    """A sending message with nothing left open becomes done.
+
+    It runs after every batch, so the usual answer (rows still open) costs one query. Only a
+    message that looks finished is locked and looked at again: a retry of its failed rows
+    (messaging.services.message_retry_failed, which holds the same lock) may have put rows back
+    to pending meanwhile, and a check made before that retry committed would not see them.
+    """
     still_open = Delivery.objects.filter(message_id=message_id, status__in=OPEN)
-    finished = (
-        Message.objects.filter(pk=message_id, status=Message.Status.SENDING)
-        .exclude(Exists(still_open))
-        .update(status=Message.Status.DONE, finished_at=timezone.now())
-    )
-    if finished:
+    if still_open.exists():
+        return False
+    with transaction.atomic():
+        locked = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, status=Message.Status.SENDING)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        # A new statement once the lock is held: it sees what a retry committed before.
+        if locked is None or still_open.exists():
+            return False
+        Message.objects.filter(pk=message_id).update(
+            status=Message.Status.DONE, finished_at=timezone.now()
+        )
         message_recount(message_id=message_id)
-    return bool(finished)
+    return True
 
 
 def message_recount(*, message_id: int) -> None:
@@ -648,8 +939,18 @@ def sweep(*, now: datetime | None = None) -> SweepOutcome:
         Message.objects.filter(pk__in={m for m, _b in batches}).values_list("pk", "priority")
     )
     outcome.batches = sorted((m, b, priorities[m]) for m, b in batches)
-    # Touch the messages handed out again, so that the next sweep gives their tasks time to run.
-    Message.objects.filter(pk__in=priorities).update(dispatched_at=now)
+    # Touch one waiting row of each message handed out again, so that the next sweep gives
+    # their tasks time to run (see _moved_since). The message's dispatched_at stays the time it
+    # was first handed out: the console's timeline shows it.
+    first_waiting = (
+        Delivery.objects.filter(waiting, message_id__in=list(priorities))
+        .values("message_id")
+        .annotate(first=Min("pk"))
+        .values_list("first", flat=True)
+        .order_by()
+    )
+    Delivery.objects.filter(pk__in=list(first_waiting)).update(updated_at=now)
+    Message.objects.filter(pk__in=priorities, dispatched_at__isnull=True).update(dispatched_at=now)
     return outcome
 
 
@@ -661,13 +962,23 @@ def _release_stuck(now: datetime, outcome: SweepOutcome) -> set[tuple[int, int]]
     )
     released = set(stuck.values_list("message_id", "batch").distinct().order_by())
     last = Q(attempts__gte=settings.UMS_DELIVERY_MAX_ATTEMPTS)
-    stuck.filter(last).update(
-        status=Delivery.Status.FAILED,
-        claimed_at=None,
-        smtp_reply="The worker stopped while sending, on the last attempt.",
-    )
+    messages = {m for m, _b in released}
+    reporting = [
+        pk
+        for pk, callback in Message.objects.filter(pk__in=messages).values_list("pk", "callback")
+        if isinstance(callback, dict) and callback.get("url")
+    ]
+    failed = {
+        "status": Delivery.Status.FAILED,
+        "claimed_at": None,
+        "updated_at": now,
+        "smtp_reply": "The worker stopped while sending, on the last attempt.",
+    }
+    # A failure is final: due to be reported to a callback URL by the same statement.
+    stuck.filter(last, message_id__in=reporting).update(**failed, callback_due=True)
+    stuck.filter(last).update(**failed)
     outcome.released = stuck.exclude(last).update(
-        status=Delivery.Status.RETRYING, next_attempt_at=now, claimed_at=None
+        status=Delivery.Status.RETRYING, next_attempt_at=now, claimed_at=None, updated_at=now
     )
     return released
 

@@ -25,6 +25,7 @@ from channels_app.models import Channel, EmailSender, SendingRule
 from channels_app.ratelimit import broadcast_quota_take
 from channels_app.rules import SendingRuleInvalid, rule_senders, sending_rule_for_message
 from channels_app.selectors import channel_default_sender
+from messaging.callbacks import callbacks_mark_retracted
 from messaging.lists import ListRefused, recipient_list_for_message
 from messaging.models import (
     CapturedEmail,
@@ -313,6 +314,8 @@ def message_retract(*, message: Message) -> dict[str, int]:
             not claimed
             and Message.objects.filter(pk=message.pk, status=Message.Status.DONE).exists()
         ):
+            # Its sent rows report "retract failed" (8) to the callback URL, once.
+            callbacks_mark_retracted(message_id=message.pk)
             message.refresh_from_db()
             return {"cancelled": 0, "sent": message.sent, "in_flight": 0}
         if not claimed:
@@ -321,6 +324,8 @@ def message_retract(*, message: Message) -> dict[str, int]:
             message=message, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING]
         ).update(status=Delivery.Status.CANCELLED, claimed_at=None)
         Message.objects.filter(pk=message.pk).update(cancelled=F("cancelled") + cancelled)
+        # Cancelled rows report 7, rows already sent 8; rows in flight report 8 once recorded.
+        callbacks_mark_retracted(message_id=message.pk)
     message.refresh_from_db()
     return {
         "cancelled": cancelled,

@@ -3,12 +3,21 @@
 Every task is safe to run twice: each claims its rows before it acts.
 """
 
+from datetime import timedelta
+
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
-from messaging import sending
-from messaging.models import Message
+from messaging import (
+    callback_tasks,  # noqa: F401 - registers the callbacks' tasks with Celery
+    sending,
+)
+from messaging.models import CallbackBatch, Message
 from messaging.services import celery_priority, materials_purge
+
+# Delivered callback batches are kept this long for the console, then deleted by the purge.
+CALLBACK_BATCH_RETENTION = timedelta(days=7)
 
 # Resolving a broadcast to a million users takes minutes: the same limits as an upload's import.
 BULK_LIMITS = {
@@ -54,4 +63,14 @@ def sweep() -> int:
 
 @shared_task(ignore_result=True)
 def purge() -> int:
-    return materials_purge()
+    return materials_purge() + callback_batches_purge()
+
+
+def callback_batches_purge() -> int:
+    """Delete the callback batches delivered more than CALLBACK_BATCH_RETENTION ago (dropped
+    ones stay, for the console's Retry now)."""
+    cutoff = timezone.now() - CALLBACK_BATCH_RETENTION
+    deleted, _by_model = CallbackBatch.objects.filter(
+        status=CallbackBatch.Status.DELIVERED, finished_at__lt=cutoff
+    ).delete()
+    return deleted

@@ -86,6 +86,14 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
         },
         "import-jobs-sweep": {"task": "users_app.tasks.import_jobs_sweep", "schedule": 300.0},
         "messaging-purge": {"task": "messaging.tasks.purge", "schedule": 3600.0},
+        "callbacks-collect": {
+            "task": "messaging.callback_tasks.callbacks_collect_task",
+            "schedule": 10.0,
+        },
+        "callbacks-sweep": {
+            "task": "messaging.callback_tasks.callbacks_sweep_task",
+            "schedule": 30.0,
+        },
     }
     if settings.UMS_SENDER_HEALTH_INTERVAL:
         schedule["senders-check-health"] = {
