@@ -127,3 +127,59 @@ def test_worker_checks_and_imports_a_large_upload(tmp_path: Path):
 
     assert job.processed_rows == 7000
     assert UserEmailBinding.objects.count() == 7000
+
+
+def test_worker_collects_callbacks_and_posts_them_to_the_url(
+    plain_server, make_sender, tmp_path: Path
+):
+    """The callbacks' tasks are registered with the project's worker (no --include needed)."""
+    from django.utils import timezone
+
+    from channels_app import services as channel_services
+    from channels_app.models import CallbackUrl
+    from messaging import callback_tasks
+    from messaging.models import CallbackBatch, Delivery, Message
+    from tests.http_server import CallbackServer
+
+    channel, _secret = channel_services.channel_create(name="Shop")
+    sender = make_sender(plain_server, account="", password="")
+    channel_services.channel_authorize_sender(channel=channel, sender=sender, is_default=True)
+    folder, options = filesystem_broker(tmp_path)
+    log = tmp_path / "worker.log"
+
+    with CallbackServer() as server:
+        CallbackUrl.objects.create(channel=channel, url=server.url(), verified_at=timezone.now())
+        message = Message.objects.create(
+            channel=channel,
+            sender=sender,
+            source=Message.Source.API,
+            subject="Hello",
+            callback={"url": server.url()},
+            status=Message.Status.DONE,
+        )
+        Delivery.objects.create(
+            message=message,
+            userid="ann",
+            email="ann@example.com",
+            status=Delivery.Status.SENT,
+            sent_at=timezone.now(),
+            callback_due=True,
+        )
+        with celery_worker(child_env(CELERY_BROKER_FOLDER=str(folder)), log):
+            publish(
+                callback_tasks.callbacks_collect_task,
+                url="filesystem://",
+                transport_options=options,
+            )
+            wait_for(
+                lambda: CallbackBatch.objects.filter(
+                    status=CallbackBatch.Status.DELIVERED
+                ).exists(),
+                timeout=60,
+                what="the callback batch to be delivered",
+                log_path=log,
+            )
+
+        [request] = server.requests
+    assert [(r["userid"], r["type"]) for r in request.json()] == [("ann", 0), ("ann", 2)]
+    assert request.headers["x-ums-signature"].startswith("sha256=")

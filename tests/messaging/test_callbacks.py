@@ -26,7 +26,7 @@ from messaging.callbacks import (
     callbacks_mark_retracted,
 )
 from messaging.models import CallbackBatch, Delivery, Message
-from tests.channels_app.test_callback_urls import SLOW, CallbackServer
+from tests.http_server import SLOW, CallbackServer
 from ums.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
