@@ -434,3 +434,169 @@ def test_a_step_costs_one_query(channel, senders, make_message, django_assert_nu
         rules.rule_sender(message=message, step=2)
     with django_assert_num_queries(1):
         rules.next_step(message=message, step=0)
+
+
+# --- the pipeline follows the steps (real SMTP servers) ----------------------------------------
+
+
+async def _refuse_permanently(server, session, envelope, address, rcpt_options):
+    return "550 5.1.1 no such mailbox here"
+
+
+async def _refuse_for_now(server, session, envelope, address, rcpt_options):
+    return "451 4.7.1 try again later"
+
+
+@pytest.fixture
+def two_servers():
+    from tests.smtp_server import SmtpTestServer
+
+    with SmtpTestServer(mode="plain", require_auth=False) as first:
+        with SmtpTestServer(mode="plain", require_auth=False) as second:
+            yield first, second
+
+
+@pytest.fixture
+def fallback(channel, make_sender, two_servers):
+    """Strategy 1 of the channel: sender A on the first server, then B on the second; three
+    users with an address, and a verified callback URL."""
+    from django.utils import timezone
+
+    from channels_app.models import CallbackUrl
+    from users_app.models import UmsUser, UserEmailBinding
+
+    made = []
+    for name, server in zip(("A", "B"), two_servers, strict=True):
+        sender = make_sender(server, name=name, code=name, account="", password="")
+        services.channel_authorize_sender(channel=channel, sender=sender, is_default=name == "A")
+        made.append(sender)
+    for userid in ("u1", "u2", "u3"):
+        user = UmsUser.objects.create(userid=userid)
+        UserEmailBinding.objects.create(user=user, bind_id="all", email=f"{userid}@example.com")
+    CallbackUrl.objects.create(
+        channel=channel, url="https://shop.example/cb", verified_at=timezone.now()
+    )
+    rule = rules.rule_create(channel=channel, rule_id=1, name="Fallback", senders=made)
+    return rule, made
+
+
+def send_with_rule(channel, rule_id=1):
+    from messaging.services import Audience, Content, Options, message_create
+
+    message, _created = message_create(
+        channel=channel,
+        audience=Audience(userids=["u1", "u2", "u3"]),
+        content=Content(subject="Hello", html="<p>Hello</p>"),
+        options=Options(rule_id=rule_id),
+        source="api",
+    )
+    return message
+
+
+def deliver_everything(message):
+    """What the workers and the countdowns do, in this process, until nothing is open."""
+    from django.utils import timezone
+
+    from messaging import sending
+    from messaging.models import Delivery
+
+    batches = sending.message_resolve(message_id=message.pk)
+    for _round in range(10):
+        open_rows = message.deliveries.filter(status__in=sending.OPEN)
+        if not open_rows.exists():
+            break
+        open_rows.filter(status=Delivery.Status.RETRYING).update(next_attempt_at=timezone.now())
+        for batch in batches:
+            sending.batch_send(message_id=message.pk, batch=batch)
+    message.refresh_from_db()
+    return message
+
+
+def callback_types():
+    from messaging.callbacks import callbacks_collect
+    from messaging.models import CallbackBatch
+
+    callbacks_collect()
+    found = {}
+    for batch in CallbackBatch.objects.order_by("pk"):
+        for record in batch.records:
+            found.setdefault(record["userid"], []).append((record["type"], record["sender_id"]))
+    return found
+
+
+def test_a_550_on_the_first_sender_is_delivered_by_the_second(channel, fallback, two_servers):
+    first, second = two_servers
+    first.controller.handler.handle_RCPT = _refuse_permanently
+
+    message = deliver_everything(send_with_rule(channel))
+
+    rows = list(message.deliveries.values_list("status", "step", "attempts"))
+    assert rows == [("sent", 1, 1)] * 3
+    assert (message.status, message.sent, message.failed) == ("done", 3, 0)
+    assert first.recorder.messages == []
+    assert sorted(m.rcpt_tos[0] for m in second.recorder.messages) == [
+        "u1@example.com",
+        "u2@example.com",
+        "u3@example.com",
+    ]
+    assert callback_types() == {f"u{n}": [(0, "B"), (2, "B")] for n in (1, 2, 3)}
+
+
+def test_a_sender_that_keeps_deferring_gives_way_after_its_tries(
+    channel, fallback, two_servers, settings
+):
+    settings.UMS_DELIVERY_MAX_ATTEMPTS = 2
+    first, second = two_servers
+    first.controller.handler.handle_RCPT = _refuse_for_now
+
+    message = deliver_everything(send_with_rule(channel))
+
+    assert set(message.deliveries.values_list("status", "step")) == {("sent", 1)}
+    assert (message.status, message.sent, message.failed) == ("done", 3, 0)
+    assert len(second.recorder.messages) == 3
+
+
+def test_when_every_sender_refuses_the_recipients_fail_on_the_last_step(
+    channel, fallback, two_servers
+):
+    for server in two_servers:
+        server.controller.handler.handle_RCPT = _refuse_permanently
+
+    message = deliver_everything(send_with_rule(channel))
+
+    assert set(message.deliveries.values_list("status", "step", "smtp_code")) == {
+        ("failed", 1, 550)
+    }
+    assert (message.status, message.sent, message.failed) == ("done", 0, 3)
+    assert callback_types() == {f"u{n}": [(0, "B"), (3, "B")] for n in (1, 2, 3)}
+
+
+def test_a_first_sender_disabled_before_sending_leaves_it_to_the_second(
+    channel, fallback, two_servers
+):
+    _rule, (alpha, _bravo) = fallback
+    message = send_with_rule(channel)
+    alpha.is_enabled = False
+    alpha.save()
+
+    message = deliver_everything(message)
+
+    assert (
+        list(message.deliveries.values_list("status", "step", "attempts")) == [("sent", 1, 1)] * 3
+    )
+    assert len(two_servers[1].recorder.messages) == 3
+
+
+def test_no_usable_sender_left_fails_the_recipients(channel, fallback):
+    _rule, made = fallback
+    message = send_with_rule(channel)
+    for sender in made:
+        sender.is_enabled = False
+        sender.save()
+
+    message = deliver_everything(message)
+
+    assert set(message.deliveries.values_list("status", "smtp_reply")) == {
+        ("failed", "No sender of the message's strategy can send now.")
+    }
+    assert (message.status, message.failed) == ("done", 3)
