@@ -449,3 +449,140 @@ def test_two_processes_taking_permits_never_get_more_than_ten_in_one_second(stor
     assert most_in_any_window(permits) <= 10
     assert len(accepted) == len(permits)
     assert 0.8 * 10 * 3 / (1 + MARGIN) <= len(permits) <= 10 * 4
+
+
+# --- the delivery pipeline under a sender's limits ---------------------------------------------
+
+
+def limited_send(make_sender, server, **limits):
+    """A channel whose default sender has `limits`, and a message to raw addresses."""
+    from messaging.models import Message
+    from messaging.services import Audience, Content, Options, message_create
+
+    channel, _secret = services.channel_create(name="Shop")
+    sender = make_sender(server, account="", password="", **limits)
+    services.channel_authorize_sender(channel=channel, sender=sender, is_default=True)
+
+    def send(count: int) -> Message:
+        message, _created = message_create(
+            channel=channel,
+            audience=Audience(emails=[f"r{n}@example.com" for n in range(count)]),
+            content=Content(subject="Hello", html="<p>Hello</p>"),
+            options=Options(),
+            source="api",
+        )
+        return message
+
+    return send
+
+
+@pytest.mark.django_db
+def test_a_day_quota_used_up_leaves_the_rest_waiting_until_midnight(
+    settings, tmp_path, make_sender, plain_server
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from messaging import sending
+
+    settings.UMS_RATE_LIMIT_PREFIX = f"test:{uuid.uuid4().hex}:"
+    settings.CELERY_BROKER_URL = ""
+    settings.UMS_RATE_LIMIT_REDIS_URL = ""
+    settings.UMS_RATE_LIMIT_FILE = str(tmp_path / "ratelimit.sqlite3")
+    message = limited_send(make_sender, plain_server, rate_per_day=3)(5)
+
+    for batch in sending.message_resolve(message_id=message.pk):
+        outcome = sending.batch_send(message_id=message.pk, batch=batch)
+
+    message.refresh_from_db()
+    statuses = sorted(message.deliveries.values_list("status", "attempts"))
+    assert statuses == [("retrying", 0)] * 2 + [("sent", 1)] * 3
+    assert len(plain_server.recorder.messages) == 3
+    assert (message.status, message.sent, message.failed) == ("sending", 3, 0)
+    local = datetime.now(ZoneInfo(settings.TIME_ZONE))
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), local.tzinfo)
+    for waiting in message.deliveries.filter(status="retrying"):
+        assert abs((waiting.next_attempt_at - midnight).total_seconds()) < 5
+    assert outcome.retry_in > 0
+    # The day's quota stays used up: handing the batch out again sends nothing more.
+    message.deliveries.filter(status="retrying").update(next_attempt_at=timezone.now())
+    sending.batch_send(message_id=message.pk, batch=0)
+    assert len(plain_server.recorder.messages) == 3
+
+
+@pytest.mark.django_db
+def test_a_sender_without_limits_never_asks_the_limiter(monkeypatch, make_sender, plain_server):
+    from messaging import sending
+
+    def unreachable():
+        raise AssertionError("the limiter was asked")
+
+    monkeypatch.setattr(ratelimit, "limiter", unreachable)
+    message = limited_send(make_sender, plain_server)(3)
+
+    for batch in sending.message_resolve(message_id=message.pk):
+        sending.batch_send(message_id=message.pk, batch=batch)
+
+    message.refresh_from_db()
+    assert (message.status, message.sent) == ("done", 3)
+
+
+@pytest.mark.django_db
+def test_an_unreachable_limiter_leaves_the_batch_waiting_with_its_tries(
+    settings, make_sender, plain_server
+):
+    from messaging import sending
+
+    settings.UMS_RATE_LIMIT_REDIS_URL = "redis://127.0.0.1:1/0"
+    message = limited_send(make_sender, plain_server, rate_per_second=10)(3)
+
+    for batch in sending.message_resolve(message_id=message.pk):
+        sending.batch_send(message_id=message.pk, batch=batch)
+
+    message.refresh_from_db()
+    assert plain_server.recorder.messages == []
+    assert set(message.deliveries.values_list("status", "attempts")) == {("retrying", 0)}
+    assert (message.status, message.failed) == ("sending", 0)
+
+
+@pytest.mark.worker
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_keep_a_sender_under_ten_a_second_on_the_servers_clock(
+    make_sender, tmp_path, redis_url
+):
+    from messaging import tasks
+    from messaging.models import Delivery, Message
+    from tests.processes import celery_worker, publish, redis_server, wait_for
+    from tests.smtp_server import free_port
+
+    port = free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    with SmtpTestServer(mode="plain", require_auth=False) as server:
+        handler = TimedHandler(server.recorder)
+        server.controller.handler = handler
+        message = limited_send(make_sender, server, rate_per_second=10)(50)
+        env = child_env(
+            CELERY_BROKER_URL=broker,
+            UMS_DELIVERY_BATCH_SIZE="5",
+            UMS_RATE_LIMIT_PREFIX=f"test:{uuid.uuid4().hex}:",
+        )
+        with redis_server(port, tmp_path / "redis.log"):
+            with (
+                celery_worker(env, tmp_path / "worker1.log"),
+                celery_worker(env, tmp_path / "worker2.log"),
+            ):
+                publish(tasks.message_dispatch, message.pk, url=broker)
+
+                def done() -> bool:
+                    message.refresh_from_db()
+                    return message.status == Message.Status.DONE
+
+                wait_for(done, timeout=90, what="the 50 emails", log_path=tmp_path / "worker1.log")
+
+    assert len(handler.accepted) == 50
+    assert most_in_any_window(handler.accepted) <= 10  # on the SMTP server's own clock
+    assert set(message.deliveries.values_list("status", flat=True)) == {Delivery.Status.SENT}
+    assert message.deliveries.values("batch").distinct().count() == 10
+    assert message.sent == 50
