@@ -510,3 +510,20 @@ def test_batches_hold_only_the_recipients_with_an_address_in_the_order_given(sho
     assert batches == [0, 1]
     message.refresh_from_db()
     assert (message.status, message.total, message.invalid) == ("sending", 4, 1)
+
+
+def test_the_sweeper_keeps_the_first_dispatch_time_and_still_waits_before_handing_out_again(
+    shop, bind, settings
+):
+    bind("a", "all", "a@example.com")
+    message = send(shop, Audience(userids=["a"]))
+    sending.message_resolve(message_id=message.pk)
+    long_ago = timezone.now() - timedelta(hours=1)
+    Message.objects.filter(pk=message.pk).update(dispatched_at=long_ago)
+    message.deliveries.update(updated_at=long_ago)  # its task was lost: nothing moved since
+
+    assert sending.sweep().batches == [(message.pk, 0, Message.Priority.MEDIUM)]
+    assert sending.sweep().batches == []  # the next sweep gives the task time to run
+
+    message.refresh_from_db()
+    assert message.dispatched_at == long_ago
