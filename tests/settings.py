@@ -30,3 +30,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that a real worker process sees the same test database.
     # One file per test run, so that two runs on one machine do not share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+else:
+    # Likewise on PostgreSQL: a test database per run, dropped at its end.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_ums_{os.getpid()}"}
