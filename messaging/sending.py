@@ -512,16 +512,22 @@ def _open(backend: SenderEmailBackend) -> Failure | None:
 class _Pacer:
     """The indexes of a limited sender's rows, as its limit grants them (channels_app.ratelimit):
     a grant per chunk, reported back with what the server accepted. A short wait is slept; a
-    long one (a day's quota) ends the batch, the rest deferred until then."""
+    long one (a day's quota) ends the batch, the rest deferred until then. A batch paced for
+    longer than half its soft time limit also ends, the rest deferred to a new task at once, so
+    that a slow limit never runs a batch into its time limit (which would use up tries)."""
 
     def __init__(self, sender_id: int, limits: SenderLimits, total: int) -> None:
         self.sender_id, self.limits, self.total = sender_id, limits, total
         self.accepted = 0
         self.wait: float | None = None
+        self.deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
 
     def __iter__(self) -> Iterator[int]:
         index = 0
         while index < self.total:
+            if time.monotonic() >= self.deadline:
+                self.wait = 0.0
+                return
             grant = sender_grant(
                 sender_id=self.sender_id, limits=self.limits, wanted=self.total - index
             )

@@ -586,3 +586,31 @@ def test_two_workers_keep_a_sender_under_ten_a_second_on_the_servers_clock(
     assert set(message.deliveries.values_list("status", flat=True)) == {Delivery.Status.SENT}
     assert message.deliveries.values("batch").distinct().count() == 10
     assert message.sent == 50
+
+
+@pytest.mark.django_db
+def test_a_slow_limit_hands_the_rest_of_a_long_batch_to_a_new_task_without_using_tries(
+    settings, tmp_path, make_sender, plain_server
+):
+    from messaging import sending
+
+    settings.UMS_RATE_LIMIT_PREFIX = f"test:{uuid.uuid4().hex}:"
+    settings.CELERY_BROKER_URL = ""
+    settings.UMS_RATE_LIMIT_REDIS_URL = ""
+    settings.UMS_RATE_LIMIT_FILE = str(tmp_path / "ratelimit.sqlite3")
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 1  # a batch paces itself for half a second at most
+    message = limited_send(make_sender, plain_server, rate_per_second=2)(6)
+    [batch] = sending.message_resolve(message_id=message.pk)
+
+    outcome = sending.batch_send(message_id=message.pk, batch=batch)
+
+    rows = list(message.deliveries.values_list("status", "attempts"))
+    assert 1 <= outcome.sent < 6
+    assert sorted(rows) == [("retrying", 0)] * (6 - outcome.sent) + [("sent", 1)] * outcome.sent
+    assert outcome.retry_in == 0.0  # queued again at once
+    for _round in range(10):
+        if not message.deliveries.filter(status="retrying").exists():
+            break
+        sending.batch_send(message_id=message.pk, batch=batch)
+    assert set(message.deliveries.values_list("status", "attempts")) == {("sent", 1)}
+    assert len(plain_server.recorder.messages) == 6
