@@ -14,9 +14,10 @@ A file with any rejected row is not applied: a half-broken upload changes nothin
 
 import contextlib
 import csv
-import multiprocessing
+import os
 import posixpath
 import re
+import signal
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -474,8 +475,8 @@ def reads_ahead(job: ImportJob) -> bool:
     database writes then use another. Only where fork() is safe and cheap (Linux), and not for
     small files, for which starting a process costs more than it saves.
     """
-    if sys.platform != "linux" or multiprocessing.current_process().daemon:
-        return False  # a daemonic process (some pool workers) may not start children
+    if sys.platform != "linux":
+        return False
     return job.total_rows is None or job.total_rows > READ_AHEAD_ROWS
 
 
@@ -483,30 +484,39 @@ def read_rows_ahead(path: Path) -> Iterator[list[Any]]:
     """The rows of read_rows(path), read by a forked child process and handed over in batches.
 
     The file checks run here first (size, type), so a refused file never starts a process. The
-    child only parses; it never touches the database (its inherited connection stays unused)
-    and is killed when the rows are not wanted any more (an error, a time limit).
+    child only parses; it never touches the database (its inherited connection stays unused),
+    and is killed when the rows are not wanted any more (an error, a time limit). A plain fork,
+    not multiprocessing.Process, which refuses to start in Celery's pool workers (daemonic).
     """
     import fcntl
+    from multiprocessing.connection import Connection
 
     read_rows(path).close()  # the checks that need no parsing raise here, before any fork
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
+    read_end, write_end = os.pipe()
     with contextlib.suppress(OSError):
-        fcntl.fcntl(sender.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-    reader = context.Process(
-        target=_read_into_pipe, args=(path, sender), name="ums-import-reader", daemon=True
-    )
-    reader.start()
-    sender.close()
+        fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    pid = os.fork()
+    if pid == 0:  # the child: read, send, and leave without running any of the parent's code
+        code = 1
+        try:
+            os.close(read_end)
+            for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(number, signal.SIG_DFL)  # not the worker's handlers
+            _read_into_pipe(path, Connection(write_end, readable=False))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    receiver = Connection(read_end, writable=False)
+    status: int | None = None
     try:
         while True:
             try:
                 kind, payload = receiver.recv()
             except EOFError:
-                reader.join()
-                raise ReaderStopped(
-                    f"the reading process stopped, exit {reader.exitcode}"
-                ) from None
+                _pid, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                raise ReaderStopped(f"the reading process stopped, exit {code}") from None
             if kind == "rows":
                 yield from payload
             elif kind == "end":
@@ -516,10 +526,11 @@ def read_rows_ahead(path: Path) -> Iterator[list[Any]]:
             else:
                 raise OSError(*payload)
     finally:
-        if reader.is_alive():
-            reader.kill()
-        reader.join()
         receiver.close()
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def _read_into_pipe(path: Path, sender: Any) -> None:

@@ -694,3 +694,36 @@ def test_a_workbook_without_a_worksheet_is_refused(tmp_path):
 
     assert job.status == ImportJob.Status.FAILED
     assert "cannot be read (NoWorksheet)" in job.message
+
+
+def _rows_read_ahead(path: str) -> int:
+    return sum(1 for _row in importer.read_rows_ahead(Path(path)))
+
+
+def test_a_celery_pool_worker_can_read_ahead(tmp_path):
+    """Celery's prefork workers are daemonic processes, where multiprocessing refuses children."""
+    import billiard
+
+    path = write(
+        tmp_path, "users.csv", csv_bytes([[f"u{i}", f"u{i}@example.com"] for i in range(50)])
+    )
+    with billiard.Pool(1) as pool:
+        assert pool.apply(_rows_read_ahead, (str(path),)) == 51
+
+
+def test_rows_no_longer_wanted_stop_the_reading_process(tmp_path, monkeypatch):
+    import os
+
+    forked: list[int] = []
+    fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forked.append(fork()) or forked[-1])
+    path = write(
+        tmp_path, "big.csv", csv_bytes([[f"u{i}", f"u{i}@example.com"] for i in range(200_000)])
+    )
+
+    rows = importer.read_rows_ahead(path)
+    assert next(rows) == ["userid", "email", "bind_id", "tag"]
+    rows.close()
+
+    with pytest.raises(ChildProcessError):  # killed and reaped: no process left behind
+        os.waitpid(forked[0], os.WNOHANG)
