@@ -1,7 +1,8 @@
 """Benchmark of the bindings import on PostgreSQL, against its parse floor and a stock import.
 
 For each file size it measures, each in a child process of its own (whole-process wall time,
-peak RSS of that process from os.wait4):
+peak RSS of that process from os.wait4; for our import, which reads large files in a second
+process, the peaks of both, added):
 
 - floor:          iterate the rows of the file with the importer's own reader (read_rows: the
                   sheet XML parsed with expat), in one process
@@ -19,7 +20,7 @@ peak RSS of that process from os.wait4):
 Usage (from the project root, PostgreSQL on 127.0.0.1:5432 with trust auth for `postgres`):
 
     .venv/bin/pip install -r requirements-bench.txt
-    .venv/bin/python bench/import_bench.py --profile   # 10k, 100k and 1M rows: ~12 min on 2 cores
+    .venv/bin/python bench/import_bench.py --profile --repeat-large 3  # 10k-1M rows: ~9 min here
 
 The benchmark uses its own database (`ums_bench`, created when missing), its own Fernet key and
 media folder under var/bench/, and never reads the developer `.env`. Generated files are cached in
