@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Max, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -26,6 +26,7 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from channels_app.models import Channel
 from messaging import lists
+from messaging.admin_filters import ChannelScopeFilter
 from messaging.models import RecipientList, SuppressedAddress
 from ums.formats import size_label
 from users_app.validation import FieldError, clean_email, clean_userid
@@ -50,23 +51,6 @@ def change_summary(change: lists.ListChange, *, removed: bool = False) -> str:
         "added": amount(change.added),
         "already": amount(change.already),
     }
-
-
-class ChannelScopeFilter(admin.SimpleListFilter):
-    title = gettext_lazy("channel")
-    parameter_name = "scope"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        channels = Channel.objects.order_by("name").values_list("pk", "name")
-        return [("all", _("Every channel"))] + [(str(pk), name) for pk, name in channels]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        value = self.value()
-        if not value:
-            return queryset
-        if value == "all":
-            return queryset.filter(channel__isnull=True)
-        return queryset.filter(channel_id=value) if value.isdigit() else queryset.none()
 
 
 def scope_label(channel: Channel | None) -> str:

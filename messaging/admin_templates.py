@@ -17,7 +17,7 @@ from django.utils.formats import date_format, number_format
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from channels_app.models import Channel
+from messaging.admin_filters import ChannelScopeFilter
 from messaging.models import MessageTemplate
 from messaging.templating import (
     RECIPIENT_VARIABLES,
@@ -35,23 +35,6 @@ SOURCE_MAX = 500_000  # characters of subject and HTML sent for a preview
 
 def placeholder(name: str) -> str:
     return "{{" + name + "}}"
-
-
-class TemplateScopeFilter(admin.SimpleListFilter):
-    title = gettext_lazy("channel")
-    parameter_name = "scope"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        channels = Channel.objects.order_by("name").values_list("pk", "name")
-        return [("all", _("Every channel"))] + [(str(pk), name) for pk, name in channels]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        value = self.value()
-        if not value:
-            return queryset
-        if value == "all":
-            return queryset.filter(channel__isnull=True)
-        return queryset.filter(channel_id=value) if value.isdigit() else queryset.none()
 
 
 class MessageTemplateForm(forms.ModelForm):
@@ -86,7 +69,7 @@ class MessageTemplateAdmin(admin.ModelAdmin):
     form = MessageTemplateForm
     change_form_template = "admin/messaging/messagetemplate/change_form.html"
     list_display = ["name", "scope", "variables_shown", "is_enabled", "usage", "last_used"]
-    list_filter = ["is_enabled", TemplateScopeFilter]
+    list_filter = ["is_enabled", ChannelScopeFilter]
     list_select_related = ["channel"]
     search_fields = ["name", "subject"]
     readonly_fields = ["variables_shown", "usage", "last_used", "created_by", "updated_at"]

@@ -223,17 +223,7 @@ def message_deliveries_page(
     return DeliveryPage(found[:size], has_previous=after is not None, has_next=len(found) > size)
 
 
-EXPORT_COLUMNS = (
-    "id",
-    "userid",
-    "email",
-    "status",
-    "attempts",
-    "smtp_code",
-    "smtp_reply",
-    "smtp_message_id",
-    "sent_at",
-)
+EXPORT_COLUMNS = tuple(column for column in DELIVERY_COLUMNS if column != "message")
 
 
 def message_delivery_chunks(
