@@ -5,12 +5,14 @@ outside any transaction over one connection, and records the results with a few 
 A duplicate task finds nothing left to claim.
 """
 
+import json
 import logging
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -18,6 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, F, Min, Q
 from django.utils import timezone
+from psycopg import pq
 
 from channels_app import rules
 from channels_app import services as channel_services
@@ -607,38 +610,120 @@ def _send_each(
     finally:
         if pacer is not None:
             indexes.close()  # reports the grant in progress back to the limiter
-        accepted.write()  # also when stopped by the time limit: what was accepted is recorded
+        accepted.finish()  # also when stopped by the time limit: what was accepted is recorded
 
 
 # Accepted emails are recorded in small groups: one statement per group instead of one per email
 # (at thousands of emails a second, the per-email statement was the pipeline's largest cost).
 # A group is written once it holds RECORD_EVERY acceptances, or as soon as the oldest of them
 # was handed to the server RECORD_WITHIN seconds ago or more: with a server slower than that,
-# every acceptance is written before the next email goes. A worker killed in the middle of a
-# batch can therefore re-send at most RECORD_EVERY emails of that batch (accepted, not yet
-# recorded), and just the one in flight with a slow server. See docs/sending.md#guarantees.
+# every acceptance is written, and its write awaited, before the next email goes. On PostgreSQL
+# a full group's statement is sent without waiting for its result, which is read before the
+# next group is sent: the batch goes on with the next emails meanwhile. So at most two groups
+# are unrecorded at any moment, the one being written and the one filling up: a worker killed
+# in the middle of a batch can re-send at most 2 x RECORD_EVERY emails of that batch (accepted,
+# not yet recorded), and just the one in flight with a slow server. See
+# docs/sending.md#guarantees.
 RECORD_EVERY = 20
 RECORD_WITHIN = 0.05
+
+# (delivery id, SMTP code, reply, Message-ID, time accepted as a Unix timestamp)
+Acceptance = tuple[int, int, str, str, float]
 
 
 class _Acceptances:
     def __init__(self, cursor: Any, callback_due: bool = False) -> None:
         self.cursor = cursor
         self.callback_due = callback_due
-        self.rows: list[tuple[int, int, str, str, datetime]] = []
+        self.rows: list[Acceptance] = []
         self.oldest = 0.0
+        self.writer = _GroupWriter(callback_due) if connection.vendor == "postgresql" else None
 
     def add(self, delivery_id: int, code: int, reply: str, message_id: str, started: float) -> None:
         if not self.rows:
             self.oldest = started
-        self.rows.append((delivery_id, code, reply, message_id, timezone.now()))
-        if len(self.rows) >= RECORD_EVERY or time.monotonic() - self.oldest >= RECORD_WITHIN:
-            self.write()
+        self.rows.append((delivery_id, code, reply, message_id, time.time()))
+        if len(self.rows) >= RECORD_EVERY:
+            self.write(wait=False)
+        elif time.monotonic() - self.oldest >= RECORD_WITHIN:
+            self.write()  # a slow server: recorded before the next email goes
 
-    def write(self) -> None:
-        if self.rows:
-            rows, self.rows = self.rows, []
-            _record_sent(self.cursor, rows, callback_due=self.callback_due)
+    def write(self, *, wait: bool = True) -> None:
+        rows, self.rows = self.rows, []
+        if self.writer is None:
+            if rows:
+                _record_sent(self.cursor, rows, callback_due=self.callback_due)
+            return
+        if rows:
+            self.writer.send(rows)
+        if wait:
+            self.writer.wait()
+
+    def finish(self) -> None:
+        """Writes what is left and waits for it, so that the connection is free again."""
+        try:
+            self.write()
+        except BaseException:
+            if self.writer is not None and self.writer.pending:
+                # A statement's result was never read: this session cannot be used again.
+                connection.close()
+            raise
+
+
+# The group as one JSON parameter (cheaper to build than five arrays); the ids again as an array,
+# so that PostgreSQL looks the rows up by primary key however many the JSON holds.
+_SENT_JSON_SQL = b"""
+    UPDATE messaging_delivery AS d
+    SET status = $1, callback_due = $2, smtp_code = (v.r->>1)::smallint, smtp_reply = v.r->>2,
+        smtp_message_id = v.r->>3, sent_at = to_timestamp((v.r->>4)::float8),
+        updated_at = to_timestamp((v.r->>4)::float8), claimed_at = NULL
+    FROM json_array_elements($3::json) AS v(r)
+    WHERE d.id = ANY($4::bigint[]) AND d.id = (v.r->>0)::bigint
+"""
+
+
+class _GroupWriter:
+    """Writes a group of acceptances on PostgreSQL without waiting for the result.
+
+    The statement goes through the connection's libpq handle (psycopg's `Connection.pgconn`)
+    as one extended-protocol query, which PostgreSQL commits on its own in autocommit mode. Its
+    result is read before the next statement: until then nothing else may use the connection,
+    which the batch's loop (SMTP only) guarantees, and `_Acceptances.finish` ends with a wait.
+    """
+
+    def __init__(self, callback_due: bool) -> None:
+        connection.ensure_connection()
+        self.pgconn = connection.connection.pgconn
+        self.fixed = [Delivery.Status.SENT.value.encode(), b"t" if callback_due else b"f"]
+        self.pending = False
+
+    def send(self, rows: list[Acceptance]) -> None:
+        self.wait()
+        group = json.dumps(rows).encode()
+        ids = ("{" + ",".join(str(row[0]) for row in rows) + "}").encode()
+        with connection.wrap_database_errors:
+            self.pgconn.send_query_params(_SENT_JSON_SQL, [*self.fixed, group, ids])
+            self.pending = True
+            while self.pgconn.flush():  # 1: more to send (the connection is non-blocking)
+                select.select([], [self.pgconn.socket], [])
+
+    def wait(self) -> None:
+        if not self.pending:
+            return
+        error = ""
+        with connection.wrap_database_errors:
+            while True:
+                while self.pgconn.is_busy():
+                    select.select([self.pgconn.socket], [], [])
+                    self.pgconn.consume_input()
+                result = self.pgconn.get_result()
+                if result is None:
+                    break
+                if result.status != pq.ExecStatus.COMMAND_OK and not error:
+                    error = (result.error_message or b"").decode(errors="replace")
+        self.pending = False
+        if error:
+            raise DatabaseError(error)
 
 
 _SENT_SQL = (
@@ -646,14 +731,6 @@ _SENT_SQL = (
     "smtp_reply = %s, smtp_message_id = %s, sent_at = %s, updated_at = %s, claimed_at = NULL "
     "WHERE id = %s"
 )
-_SENT_MANY_SQL = """
-    UPDATE messaging_delivery AS d
-    SET status = %s, callback_due = %s, smtp_code = v.code, smtp_reply = v.reply,
-        smtp_message_id = v.message_id, sent_at = v.at, updated_at = v.at, claimed_at = NULL
-    FROM unnest(%s::bigint[], %s::smallint[], %s::text[], %s::text[], %s::timestamptz[])
-        AS v(id, code, reply, message_id, at)
-    WHERE d.id = v.id
-"""
 
 
 @contextmanager
@@ -683,24 +760,19 @@ def fast_commits() -> Iterator[None]:
             connection.close()
 
 
-def _record_sent(
-    cursor: Any, rows: list[tuple[int, int, str, str, datetime]], *, callback_due: bool = False
-) -> None:
-    """Accepted emails become `sent`, in one statement (autocommit: committed at once); with a
-    callback URL, due to be reported by the same statement."""
-    sent, due = Delivery.Status.SENT, callback_due
-    if len(rows) == 1:
-        ((pk, code, reply, message_id, at),) = rows
-        cursor.execute(_SENT_SQL, [sent, due, code, reply, message_id, at, at, pk])
-    elif connection.vendor == "postgresql":
-        cursor.execute(
-            _SENT_MANY_SQL, [sent, due, *(list(column) for column in zip(*rows, strict=True))]
+def _record_sent(cursor: Any, rows: list[Acceptance], *, callback_due: bool = False) -> None:
+    """Accepted emails become `sent` (SQLite: in one transaction); with a callback URL, due to
+    be reported by the same statement."""
+    sent = Delivery.Status.SENT
+    with transaction.atomic():
+        cursor.executemany(
+            _SENT_SQL,
+            [
+                [sent, callback_due, code, reply, message_id, when, when, pk]
+                for pk, code, reply, message_id, at in rows
+                for when in [datetime.fromtimestamp(at, tz=UTC)]
+            ],
         )
-    else:
-        with transaction.atomic():
-            cursor.executemany(
-                _SENT_SQL, [[sent, due, code, r, m, at, at, pk] for pk, code, r, m, at in rows]
-            )
 
 
 def _note(delivery: _Claimed, failure: Failure) -> None:
@@ -767,7 +839,10 @@ def _record(
         # failure is final: due to be reported when the message has a callback URL.
         _write_rows(failed, now, callback_due=due)
         _write_rows(waiting, now)
-        Message.objects.filter(pk=message.pk).update(
+        # Not to a message already done: another batch's finish counted these rows from the
+        # deliveries themselves (they were final before it could finish), after this batch
+        # recorded them and before it got here.
+        Message.objects.filter(pk=message.pk).exclude(status=Message.Status.DONE).update(
             sent=F("sent") + outcome.sent, failed=F("failed") + outcome.failed
         )
     refused = [row.email for row in failed if row.smtp_code and row.smtp_code >= 500]

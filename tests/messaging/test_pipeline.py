@@ -527,3 +527,27 @@ def test_the_sweeper_keeps_the_first_dispatch_time_and_still_waits_before_handin
 
     message.refresh_from_db()
     assert message.dispatched_at == long_ago
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_record_stops_the_batch_and_leaves_its_rows_to_the_sweeper(
+    shop, bind, plain_server, monkeypatch
+):
+    from django.db import DatabaseError, connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the group writer is PostgreSQL's")
+    userids = [f"u{i:02d}" for i in range(sending.RECORD_EVERY + 5)]
+    for userid in userids:
+        bind(userid, "all", f"{userid}@example.com")
+    message = send(shop, Audience(userids=userids))
+    (batch,) = sending.message_resolve(message_id=message.pk)
+    broken = b"UPDATE messaging_delivery SET status = $1 WHERE no_such_column AND $2 AND $3 AND $4"
+    monkeypatch.setattr(sending, "_SENT_JSON_SQL", broken)
+
+    with pytest.raises(DatabaseError):
+        sending.batch_send(message_id=message.pk, batch=batch)
+
+    # Sent but not recorded: still claimed, so the sweeper hands them out again after the lease.
+    assert len(plain_server.recorder.messages) == len(userids)
+    assert set(message.deliveries.values_list("status", flat=True)) == {Delivery.Status.SENDING}
