@@ -1044,6 +1044,7 @@ def _release_stuck(now: datetime, outcome: SweepOutcome) -> set[tuple[int, int]]
     released = set(stuck.values_list("message_id", "batch").distinct().order_by())
     last = Q(attempts__gte=settings.UMS_DELIVERY_MAX_ATTEMPTS)
     messages = {m for m, _b in released}
+    _move_stuck_to_next_step(stuck.filter(last), messages, now)
     reporting = [
         pk
         for pk, callback in Message.objects.filter(pk__in=messages).values_list("pk", "callback")
@@ -1062,6 +1063,27 @@ def _release_stuck(now: datetime, outcome: SweepOutcome) -> set[tuple[int, int]]
         status=Delivery.Status.RETRYING, next_attempt_at=now, claimed_at=None, updated_at=now
     )
     return released
+
+
+def _move_stuck_to_next_step(last: Any, messages: set[int], now: datetime) -> None:
+    """Stuck rows on their last try, of messages with a strategy: to the strategy's next step
+    (pending, tries reset), as a failure on that step would. One query per (message, step)."""
+    strategic = Message.objects.filter(pk__in=messages, rule__isnull=False).select_related(
+        "channel", "sender"
+    )
+    for message in strategic:
+        mine = last.filter(message_id=message.pk)
+        for step in set(mine.values_list("step", flat=True).order_by()):
+            following = rules.next_step(message=message, step=step)
+            if following is not None:
+                mine.filter(step=step).update(
+                    step=following,
+                    status=Delivery.Status.PENDING,
+                    attempts=0,
+                    next_attempt_at=None,
+                    claimed_at=None,
+                    updated_at=now,
+                )
 
 
 def _moved_since(message_id: int, since: datetime) -> bool:

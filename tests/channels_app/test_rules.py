@@ -600,3 +600,29 @@ def test_no_usable_sender_left_fails_the_recipients(channel, fallback):
         ("failed", "No sender of the message's strategy can send now.")
     }
     assert (message.status, message.failed) == ("done", 3)
+
+
+def test_a_worker_that_died_on_the_last_try_leaves_its_rows_to_the_next_sender(
+    channel, fallback, two_servers, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from messaging import sending
+
+    message = send_with_rule(channel)
+    [batch] = sending.message_resolve(message_id=message.pk)
+    long_ago = timezone.now() - timedelta(hours=1)
+    message.deliveries.update(
+        status="sending", claimed_at=long_ago, attempts=settings.UMS_DELIVERY_MAX_ATTEMPTS
+    )
+
+    outcome = sending.sweep()
+    assert outcome.batches == [(message.pk, batch, message.priority)]
+    assert set(message.deliveries.values_list("status", "step", "attempts")) == {("pending", 1, 0)}
+    sending.batch_send(message_id=message.pk, batch=batch)
+
+    message.refresh_from_db()
+    assert (message.status, message.sent, message.failed) == ("done", 3, 0)
+    assert len(two_servers[1].recorder.messages) == 3
