@@ -78,8 +78,19 @@ class Command(BaseCommand):
         for process in processes.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                # Too slow, or a second Ctrl-C / SIGTERM while stopping: stop the rest now.
+                self._kill(processes)
+                return
+
+    @staticmethod
+    def _kill(processes: dict[str, subprocess.Popen]) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for process in processes.values():
+            if process.poll() is None:
                 process.kill()
+            process.wait()
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
