@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import openpyxl
 import pytest
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import connection
@@ -31,7 +31,6 @@ from messaging.services import (
 )
 from tests.processes import celery_worker, child_env, wait_for
 from tests.smtp_server import PASSWORD
-from ums.roles import ROLES
 
 pytestmark = pytest.mark.django_db
 
@@ -827,14 +826,13 @@ def test_delivery_list_never_counts_more_than_its_cap(big, reviewer, monkeypatch
 
 @pytest.fixture
 def staff_roles(transactional_db):
-    """The role groups (the flush after another transactional test removes them)."""
-    for role, dotted in ROLES.items():
-        group, _created = Group.objects.get_or_create(name=role)
-        for name in dotted:
-            app_label, codename = name.split(".")
-            group.permissions.add(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+    """The role groups with their permissions (the flush after another transactional test
+    removes them, and may remove the permissions too)."""
+    from django.apps import apps as global_apps
+
+    from ums.roles import sync_roles
+
+    sync_roles(global_apps, None)
 
 
 @pytest.mark.worker
