@@ -10,7 +10,7 @@ or from one channel. Addresses are compared lower-cased as a whole, local part i
 mainstream mailbox provider tells `Ann@…` from `ann@…`, and when in doubt an unsubscribed person
 must not get mail. Every address is stored by `normalize_address`, and looked up the same way.
 
-The pipeline's checks (`userids_blocked`, `emails_suppressed`, `recipients_blocked_sql`) are on
+The pipeline's checks (`userids_blocked`, `emails_suppressed`, `recipients_block_reason_sql`) are on
 its hot path: one query per chunk of `CHUNK` values, on the unique indexes, never one per
 recipient.
 """
@@ -284,55 +284,15 @@ def emails_suppressed(*, channel: Channel | int, emails: list[str]) -> set[str]:
     the unique indexes of (email) and (email, channel).
     """
     channel_id = channel if isinstance(channel, int) else channel.pk
-    given: dict[str, list[str]] = {}
-    for email in emails:
-        if email:
-            given.setdefault(normalize_address(email), []).append(email)
-    # Two halves, each on its own unique index; with one `channel_id IS NULL OR …` SQLite
-    # walks the index of channel_id instead, over every address suppressed everywhere.
-    found = _select_in(
-        "SELECT email FROM messaging_suppressedaddress"
-        " WHERE email {values} AND channel_id IS NULL"
-        " UNION ALL SELECT email FROM messaging_suppressedaddress"
-        " WHERE email {values} AND channel_id = %s",
-        [VALUES, VALUES, channel_id],
-        list(given),
-    )
-    return {original for key in found for original in given[key]}
+    return set(emails_suppressed_reasons(channel_id=channel_id, emails=emails))
 
 
 # Caller-given column expressions go in by str.format: they are SQL of the pipeline's own
 # query, never input; the values are bound parameters.
-_SUPPRESSED_SQL = (
-    "EXISTS (SELECT 1 FROM messaging_suppressedaddress lists_s"
-    " WHERE lists_s.email = LOWER({email}) AND lists_s.channel_id IS NULL)"
-    " OR EXISTS (SELECT 1 FROM messaging_suppressedaddress lists_c"
-    " WHERE lists_c.email = LOWER({email}) AND lists_c.channel_id = %(lists_channel)s)"
-)
 _LISTED_SQL = (
     "({userid} <> '' AND {negation}EXISTS (SELECT 1 FROM messaging_recipientlistentry lists_e"
     " WHERE lists_e.recipient_list_id = %({param})s AND lists_e.userid = {userid}))"
 )
-
-
-def recipients_blocked_sql(
-    *, message: Message, userid: str = "userid", email: str = "email"
-) -> tuple[str, dict[str, Any]]:
-    """A SQL condition, true for a recipient `message` must not reach, and its parameters.
-
-    For a pipeline that writes deliveries with one INSERT … SELECT (PostgreSQL): the same
-    rules as userids_blocked and emails_suppressed, over the SQL expressions `userid` and
-    `email` of the SELECT. Parameters are named (`%(lists_…)s`), to merge with the caller's.
-    """
-    params: dict[str, Any] = {"lists_channel": message.channel_id}
-    conditions = [_SUPPRESSED_SQL.format(email=email)]
-    if message.black_list_id is not None:
-        params["lists_black"] = message.black_list_id
-        conditions.append(_LISTED_SQL.format(userid=userid, negation="", param="lists_black"))
-    if message.white_list_id is not None:
-        params["lists_white"] = message.white_list_id
-        conditions.append(_LISTED_SQL.format(userid=userid, negation="NOT ", param="lists_white"))
-    return "(" + " OR ".join(conditions) + ")", params
 
 
 # Why a recipient got no email: stored as the delivery's reply (`smtp_reply`) of an invalid row.
@@ -393,16 +353,21 @@ def recipients_block_reason_sql(
     """A SQL expression: why `message` must not reach a recipient (a BLACKLISTED,
     NOT_WHITELISTED or SUPPRESSED text), or '' when it may; and its named parameters.
 
-    The rules of recipients_blocked_sql, telling which one blocked (a list first). With
-    `suppression` False the suppression list is not looked at (see suppression_in_use).
+    For a pipeline that writes deliveries with one INSERT … SELECT (PostgreSQL): the same
+    rules as userids_blocked and emails_suppressed, over the SQL expressions `userid` and
+    `email` of the SELECT, telling which one blocked (a list first). Parameters are named
+    (`%(lists_…)s`), to merge with the caller's. With `suppression` False the suppression list
+    is not looked at (see suppression_in_use).
     """
-    _condition, params = recipients_blocked_sql(message=message, userid=userid, email=email)
+    params: dict[str, Any] = {"lists_channel": message.channel_id}
     cases = []
     if message.black_list_id is not None:
+        params["lists_black"] = message.black_list_id
         listed = _LISTED_SQL.format(userid=userid, negation="", param="lists_black")
         cases.append(f"WHEN {listed} THEN %(lists_blacklisted)s")
         params["lists_blacklisted"] = BLACKLISTED
     if message.white_list_id is not None:
+        params["lists_white"] = message.white_list_id
         unlisted = _LISTED_SQL.format(userid=userid, negation="NOT ", param="lists_white")
         cases.append(f"WHEN {unlisted} THEN %(lists_not_whitelisted)s")
         params["lists_not_whitelisted"] = NOT_WHITELISTED

@@ -251,10 +251,10 @@ def test_the_sql_condition_blocks_the_same_recipients(make_message, channel):
         selects.append(f"SELECT %(u{n})s AS userid, %(e{n})s AS email")
 
     def blocked(message):
-        condition, params = lists.recipients_blocked_sql(
+        reason, params = lists.recipients_block_reason_sql(
             message=message, userid="r.userid", email="r.email"
         )
-        sql = f"SELECT r.userid FROM ({' UNION ALL '.join(selects)}) r WHERE {condition}"
+        sql = f"SELECT r.userid FROM ({' UNION ALL '.join(selects)}) r WHERE {reason} <> ''"
         with connection.cursor() as cursor:
             cursor.execute(sql, {**values, **params})
             return {row[0] for row in cursor.fetchall()}
